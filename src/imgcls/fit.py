@@ -1,0 +1,161 @@
+"""The fit loop: epochs of batches, metrics and their log lines. Read it top to bottom."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import mxnet as mx
+from mxnet import autograd, gluon
+
+from imgcls.errors import TrainingInterrupted
+from imgcls.log import logger
+
+PROGRESS_EVERY_SECONDS = 30.0
+
+
+class StopRequest:
+    """Turns SIGTERM (SageMaker's stop, or a spot interruption) into a flag the loop checks."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        logger.warning("SIGTERM received: stopping after the current batch.")
+        self.requested = True
+
+
+@dataclass
+class Learner:
+    """What a step needs: the network, its trainer and loss, the devices and the precision."""
+
+    net: gluon.HybridBlock
+    trainer: gluon.Trainer
+    loss_fn: gluon.loss.Loss
+    contexts: list[mx.Context]
+    dtype: str = "float32"
+
+    def split(self, array: mx.nd.NDArray) -> list[mx.nd.NDArray]:
+        """One slice of the batch per device (mini_batch_size / devices each)."""
+        return gluon.utils.split_and_load(array, self.contexts, even_split=False)
+
+    def forward(self, data: mx.nd.NDArray) -> list[mx.nd.NDArray]:
+        """Float32 outputs per device slice."""
+        return [self.net(x.astype(self.dtype)).astype("float32") for x in self.split(data)]
+
+
+@dataclass
+class EpochStats:
+    samples: int = 0
+    seconds: float = 0.0
+    metrics: list[tuple[str, float]] = field(default_factory=list)
+
+    @property
+    def speed(self) -> float:
+        return self.samples / self.seconds if self.seconds else 0.0
+
+
+def train_step(learner: Learner, data: mx.nd.NDArray, label: mx.nd.NDArray) -> tuple[list, list]:
+    """Forward and backward on every device, then one optimizer update of the whole batch."""
+    labels = learner.split(label)
+    with autograd.record():
+        outputs = learner.forward(data)
+        losses = [learner.loss_fn(o, y) for o, y in zip(outputs, labels, strict=True)]
+    autograd.backward(losses)
+    learner.trainer.step(data.shape[0])
+    return labels, outputs
+
+
+def train_one_epoch(
+    epoch: int,
+    learner: Learner,
+    batches: mx.io.DataIter,
+    metrics: mx.metric.EvalMetric,
+    stop: StopRequest,
+) -> EpochStats:
+    """One pass of `batches`; logs progress at most every PROGRESS_EVERY_SECONDS."""
+    metrics.reset()
+    batches.reset()
+    stats = EpochStats()
+    started = last_log = time.perf_counter()
+    for index, batch in enumerate(batches):
+        labels, outputs = train_step(learner, batch.data[0], batch.label[0])
+        metrics.update(labels, outputs)
+        stats.samples += batch.data[0].shape[0]
+        if stop.requested:
+            raise TrainingInterrupted(epoch)
+        now = time.perf_counter()
+        if now - last_log >= PROGRESS_EVERY_SECONDS:
+            _log_progress(epoch, index, stats.samples / (now - started), metrics)
+            last_log = now
+    stats.seconds = time.perf_counter() - started
+    stats.metrics = metrics.get_name_value()
+    return stats
+
+
+def _log_progress(epoch: int, index: int, speed: float, metrics: mx.metric.EvalMetric) -> None:
+    values = " ".join(f"{name}={value:f}" for name, value in metrics.get_name_value())
+    logger.info("Epoch[%d] Batch [%d] Speed: %.2f samples/sec %s", epoch, index, speed, values)
+
+
+def evaluate(
+    learner: Learner, batches: mx.io.DataIter, metrics: mx.metric.EvalMetric
+) -> list[tuple[str, float]]:
+    """Metrics over every sample of `batches` exactly once (padding dropped)."""
+    metrics.reset()
+    for batch in batches:
+        valid = batch.data[0].shape[0] - batch.pad
+        outputs = [o.as_in_context(mx.cpu()) for o in learner.forward(batch.data[0])]
+        prediction = mx.nd.concat(*outputs, dim=0)[:valid]
+        metrics.update([batch.label[0][:valid]], [prediction])
+    return metrics.get_name_value()
+
+
+def log_epoch(epoch: int, stats: EpochStats) -> None:
+    """The contract's lines: Train-<metric>=, Time cost=, and a throughput line."""
+    for name, value in stats.metrics:
+        logger.info("Epoch[%d] Train-%s=%f", epoch, name, value)
+    logger.info("Epoch[%d] Time cost=%.3f", epoch, stats.seconds)
+    logger.info("Epoch[%d] Speed: %.2f samples/sec", epoch, stats.speed)
+
+
+def log_validation(epoch: int, values: list[tuple[str, float]]) -> None:
+    for name, value in values:
+        logger.info("Epoch[%d] Validation-%s=%f", epoch, name, value)
+
+
+@dataclass
+class EpochHooks:
+    """What the job does between epochs; `after_epoch` returns True to stop early."""
+
+    validation_batches: Callable[[], mx.io.DataIter] | None
+    after_epoch: Callable[[int, float | None], bool]
+
+
+def fit(
+    learner: Learner,
+    train_batches: mx.io.DataIter,
+    metrics_factory: Callable[[], mx.metric.EvalMetric],
+    hooks: EpochHooks,
+    epochs: range,
+    stop: StopRequest,
+) -> None:
+    """Train for `epochs` (0-based numbers), validating after each one."""
+    train_metrics, validation_metrics = metrics_factory(), metrics_factory()
+    for epoch in epochs:
+        if stop.requested:
+            raise TrainingInterrupted(epoch)
+        stats = train_one_epoch(epoch, learner, train_batches, train_metrics, stop)
+        log_epoch(epoch, stats)
+        accuracy = None
+        if hooks.validation_batches is not None:
+            values = evaluate(learner, hooks.validation_batches(), validation_metrics)
+            log_validation(epoch, values)
+            accuracy = dict(values)["accuracy"]
+        if hooks.after_epoch(epoch, accuracy):
+            return

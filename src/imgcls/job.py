@@ -1,0 +1,104 @@
+"""A training job from start to end: configuration, validation, data, fit, artifacts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from imgcls.data.channels import Channel, discover_channels
+from imgcls.environment import (
+    Paths,
+    ResourceConfig,
+    read_hyperparameters,
+    read_input_data_config,
+    read_resource_config,
+)
+from imgcls.hyperparameters import Hyperparameters, RunContext, parse_hyperparameters
+from imgcls.log import logger
+
+
+@dataclass
+class JobConfig:
+    """Everything a job is configured with, validated."""
+
+    hp: Hyperparameters
+    channels: dict[str, Channel]
+    resources: ResourceConfig
+
+
+def num_gpus() -> int:
+    """GPUs MXNet can use here (0 on the CPU build)."""
+    import mxnet as mx
+
+    return mx.context.num_gpus()
+
+
+def load_job_config(paths: Paths) -> JobConfig:
+    """Read and validate the hyperparameters, channels and hosts; log the final configuration."""
+    raw = read_hyperparameters(paths)
+    resources = read_resource_config(paths)
+    channels = discover_channels(paths, read_input_data_config(paths))
+    context = RunContext(
+        content_types={name: c.config.content_type or "" for name, c in channels.items()},
+        num_gpus=num_gpus(),
+        num_hosts=len(resources.hosts),
+        has_validation="validation" in channels,
+    )
+    hp = parse_hyperparameters(raw, context)
+    logger.info("Final configuration: %s", json.dumps(hp.as_dict()))
+    return JobConfig(hp, channels, resources)
+
+
+def run_training(paths: Paths, dry_run: bool = False) -> None:
+    """`scripts/train`: validate everything, then train (or, with dry_run, summarise)."""
+    from imgcls.data.sources import load_channel
+
+    config = load_job_config(paths)
+    data = {
+        name: load_channel(channel, config.hp)
+        for name, channel in config.channels.items()
+        if name in ("train", "validation")
+    }
+    _check_training_counts(config.hp, data["train"])
+    if dry_run:
+        _log_summary(config, data)
+        return
+    from imgcls.train import train
+
+    train(paths, config, data)
+
+
+def _check_training_counts(hp: Hyperparameters, train) -> None:
+    from imgcls.errors import ClientError
+
+    if train.count < hp.mini_batch_size:
+        raise ClientError(
+            f"The train channel has {train.count} images, fewer than mini_batch_size="
+            f"{hp.mini_batch_size}. Add images or lower mini_batch_size."
+        )
+    if train.count != hp.num_training_samples:
+        logger.warning(
+            "num_training_samples=%d but the train channel holds %d images: the learning-rate "
+            "schedule follows num_training_samples. Set it to %d to silence this warning.",
+            hp.num_training_samples,
+            train.count,
+            train.count,
+        )
+
+
+def _log_summary(config: JobConfig, data: dict) -> None:
+    logger.info("Dry run: the configuration is valid.")
+    for name, channel in config.channels.items():
+        line = (
+            f"Channel {name!r}: {channel.config.content_type or 'no content type'}, "
+            f"{channel.config.input_mode} mode, {channel.path}"
+        )
+        if name in data:
+            found = data[name]
+            line += f": {len(found.files)} file(s), {found.count} images"
+        logger.info(line)
+    logger.info(
+        "Hosts: %s (this host: %s)",
+        ", ".join(config.resources.hosts),
+        config.resources.current_host,
+    )

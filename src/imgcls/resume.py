@@ -1,0 +1,100 @@
+"""A resumable training state in `checkpoints/`: weights, optimizer state, progress.
+
+SageMaker syncs `checkpoints/` to S3 and back after a spot interruption; `model/` is not
+restored, so the files kept there so far are snapshotted beside the state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from mxnet import gluon
+
+from imgcls.errors import ClientError
+from imgcls.log import logger
+
+STATE_JSON = "imgcls-resume.json"
+STATE_PARAMS = "imgcls-resume.params"
+STATE_OPTIMIZER = "imgcls-resume.states"
+MODEL_SNAPSHOT = "model"
+
+
+class ResumeState:
+    """Save and restore one job's progress; `fingerprint` guards against another job's state."""
+
+    def __init__(self, folder: Path, model_dir: Path, fingerprint: dict[str, Any]):
+        self.folder = folder
+        self.model_dir = model_dir
+        self.fingerprint = fingerprint
+
+    @property
+    def json_file(self) -> Path:
+        return self.folder / STATE_JSON
+
+    def save(self, net: gluon.Block, trainer: gluon.Trainer, progress: dict[str, Any]) -> None:
+        """Write params and optimizer state first, the JSON last: it is the commit point."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _atomic(self.folder / STATE_PARAMS, net.save_parameters)
+        _atomic(self.folder / STATE_OPTIMIZER, trainer.save_states)
+        self._snapshot_model_dir()
+        state = {"fingerprint": self.fingerprint, "progress": progress}
+        _atomic(self.json_file, lambda path: Path(path).write_text(json.dumps(state, indent=2)))
+
+    def load(
+        self, net: gluon.Block, trainer: gluon.Trainer, contexts: list
+    ) -> dict[str, Any] | None:
+        """Restore weights, optimizer state and model/ files; the progress dict, or None."""
+        if not self.json_file.exists():
+            return None
+        state = json.loads(self.json_file.read_text())
+        self._check_fingerprint(state["fingerprint"])
+        net.load_parameters(str(self.folder / STATE_PARAMS), ctx=contexts)
+        trainer.load_states(str(self.folder / STATE_OPTIMIZER))
+        self._restore_model_dir()
+        logger.info("Resuming from %s: %s", self.folder, json.dumps(state["progress"]))
+        return state["progress"]
+
+    def clear(self) -> None:
+        """The job finished: its model is in model/, so the resume state goes."""
+        for name in (STATE_JSON, STATE_PARAMS, STATE_OPTIMIZER):
+            (self.folder / name).unlink(missing_ok=True)
+        shutil.rmtree(self.folder / MODEL_SNAPSHOT, ignore_errors=True)
+
+    def _check_fingerprint(self, stored: dict[str, Any]) -> None:
+        differences = [
+            f"{key}: checkpoint {stored.get(key)!r}, this job {value!r}"
+            for key, value in self.fingerprint.items()
+            if stored.get(key) != value
+        ]
+        if differences:
+            raise ClientError(
+                f"{self.json_file} belongs to a job with other settings ("
+                + "; ".join(differences)
+                + "). Use the same hyperparameters to resume, or empty the checkpoint folder."
+            )
+
+    def _snapshot_model_dir(self) -> None:
+        snapshot = self.folder / MODEL_SNAPSHOT
+        shutil.rmtree(snapshot, ignore_errors=True)
+        if self.model_dir.is_dir():
+            shutil.copytree(self.model_dir, snapshot)
+
+    def _restore_model_dir(self) -> None:
+        snapshot = self.folder / MODEL_SNAPSHOT
+        if not snapshot.is_dir():
+            return
+        self.model_dir.mkdir(parents=True, exist_ok=True)
+        for source in snapshot.iterdir():
+            if not (self.model_dir / source.name).exists():
+                shutil.copy2(source, self.model_dir / source.name)
+
+
+def _atomic(path: Path, write) -> None:
+    """Call `write(temporary path)`, then move the result over `path`."""
+    temporary = path.with_name(path.name + ".tmp")
+    write(str(temporary))
+    os.replace(temporary, path)

@@ -1,0 +1,169 @@
+"""Training on this host: devices, network, trainer, callbacks, resume, and the final model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mxnet as mx
+from mxnet import gluon
+
+from imgcls import artifacts
+from imgcls.callbacks import (
+    EarlyStopping,
+    ModelCheckpoints,
+    classification_metrics,
+    lr_scheduler,
+    optimizer_params,
+    updates_per_epoch,
+)
+from imgcls.data.sources import ChannelData, train_iter, validation_iter
+from imgcls.environment import Paths, runs_on_managed_platform
+from imgcls.errors import AlgorithmError, TrainingInterrupted
+from imgcls.fit import EpochHooks, Learner, StopRequest, fit
+from imgcls.job import JobConfig
+from imgcls.log import logger
+from imgcls.networks import build_network
+from imgcls.resume import ResumeState
+
+FINGERPRINT_KEYS = ("num_layers", "num_classes", "image_shape", "multi_label", "optimizer")
+
+
+def devices(num_gpus: int) -> list[mx.Context]:
+    """Every GPU when there are any, else the CPU."""
+    return [mx.gpu(i) for i in range(num_gpus)] or [mx.cpu()]
+
+
+def model_metadata(hp) -> dict:
+    """What imgcls-model.json records: the hyperparameters the model was trained with."""
+    return hp.as_dict()
+
+
+def build_learner(hp, contexts: list[mx.Context], model_channel: Path | None) -> Learner:
+    """The network (initialised, or from a previous model), its trainer and its loss."""
+    net = build_network(hp.num_layers, hp.num_classes, hp.image_shape)
+    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=contexts)
+    if model_channel is not None:
+        artifacts.load_training_weights(
+            net,
+            model_channel,
+            {
+                "num_layers": hp.num_layers,
+                "image_shape": hp.image_shape,
+                "num_classes": hp.num_classes,
+            },
+        )
+        logger.info("Incremental training: weights loaded from %s", model_channel)
+    if hp.precision_dtype == "float16":
+        net.cast("float16")
+    net.hybridize(static_alloc=True, static_shape=True)
+    schedule = lr_scheduler(
+        hp.lr_scheduler_step,
+        hp.lr_scheduler_factor,
+        hp.learning_rate,
+        updates_per_epoch(hp.num_training_samples, hp.mini_batch_size),
+    )
+    trainer = gluon.Trainer(
+        net.collect_params(),
+        hp.optimizer,
+        optimizer_params(hp, schedule),
+        kvstore="device" if len(contexts) > 1 else None,
+    )
+    return Learner(net, trainer, gluon.loss.SoftmaxCrossEntropyLoss(), contexts, hp.precision_dtype)
+
+
+def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None:
+    """Train, keep the model/ files the checkpoint policy asks for, and pack model.tar.gz."""
+    hp = config.hp
+    if config.resources.is_distributed:
+        raise AlgorithmError(
+            "Training on several hosts is not available in this version of imgcls; "
+            "run with one instance."
+        )
+    contexts = devices(mx.context.num_gpus())
+    model_channel = config.channels.get("model")
+    learner = build_learner(hp, contexts, model_channel.path if model_channel else None)
+    checkpoints = ModelCheckpoints(
+        export=lambda epoch: artifacts.export_model(
+            learner.net, paths.model_dir, epoch, hp.image_shape, hp.multi_label, model_metadata(hp)
+        ),
+        remove=lambda epoch: artifacts.remove_params(paths.model_dir, epoch),
+        frequency=hp.checkpoint_frequency,
+    )
+    early = (
+        EarlyStopping(
+            hp.early_stopping_min_epochs, hp.early_stopping_patience, hp.early_stopping_tolerance
+        )
+        if hp.early_stopping
+        else None
+    )
+    fingerprint = {key: hp.as_dict()[key] for key in FINGERPRINT_KEYS}
+    resume = ResumeState(paths.checkpoints_dir, paths.model_dir, fingerprint)
+    first_epoch = _restore(resume, learner, checkpoints, early)
+
+    def progress(next_epoch: int) -> dict:
+        return {
+            "next_epoch": next_epoch,
+            "checkpoints": checkpoints.state(),
+            "early_stopping": early.state() if early else None,
+        }
+
+    def after_epoch(epoch: int, accuracy: float | None) -> bool:
+        done = epoch + 1
+        stop = bool(early and accuracy is not None and early.should_stop(done, accuracy))
+        checkpoints.on_epoch_end(done, accuracy, is_last=stop or done == hp.epochs)
+        if stop:
+            logger.info(
+                "Early stopping after epoch %d: no improvement for %d epochs.",
+                epoch,
+                early.epochs_without_improvement,
+            )
+        resume.save(learner.net, learner.trainer, progress(done))
+        return stop
+
+    validation = data.get("validation")
+    hooks = EpochHooks(
+        validation_batches=(
+            (lambda: validation_iter(validation, hp, hp.mini_batch_size)) if validation else None
+        ),
+        after_epoch=after_epoch,
+    )
+    stop = StopRequest()
+    stop.install()
+    try:
+        fit(
+            learner,
+            train_iter(data["train"], hp, hp.mini_batch_size),
+            lambda: classification_metrics(hp.top_k),
+            hooks,
+            range(first_epoch, hp.epochs),
+            stop,
+        )
+    except TrainingInterrupted as interrupted:
+        resume.save(learner.net, learner.trainer, progress(interrupted.epoch))
+        logger.info(
+            "Resumable state saved to %s; a new run resumes at epoch %d.",
+            paths.checkpoints_dir,
+            interrupted.epoch,
+        )
+        raise
+    _finish(paths, resume)
+
+
+def _restore(resume: ResumeState, learner: Learner, checkpoints: ModelCheckpoints, early) -> int:
+    """Continue an interrupted job when checkpoints/ holds its state; the first epoch to run."""
+    progress = resume.load(learner.net, learner.trainer, learner.contexts)
+    if progress is None:
+        return 0
+    for key, value in progress["checkpoints"].items():
+        setattr(checkpoints, key, value)
+    if early and progress["early_stopping"]:
+        for key, value in progress["early_stopping"].items():
+            setattr(early, key, value)
+    return progress["next_epoch"]
+
+
+def _finish(paths: Paths, resume: ResumeState) -> None:
+    resume.clear()
+    if not runs_on_managed_platform():
+        artifacts.pack_model(paths.model_dir, paths.local_model_tar)
+        logger.info("Model archive for local use: %s", paths.local_model_tar)
