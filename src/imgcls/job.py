@@ -73,7 +73,8 @@ def _check_training_counts(hp: Hyperparameters, train) -> None:
 
     if train.count < hp.mini_batch_size:
         raise ClientError(
-            f"The train channel has {train.count} images, fewer than mini_batch_size="
+            f"The train channel ({train.files[0].parent}) has {train.count} images, "
+            f"fewer than mini_batch_size="
             f"{hp.mini_batch_size}. Add images or lower mini_batch_size."
         )
     if train.count != hp.num_training_samples:

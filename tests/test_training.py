@@ -1,0 +1,178 @@
+"""Training jobs end to end: scripts/train in a subprocess on generated RecordIO channels."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+import mxnet as mx
+import numpy as np
+import pytest
+from conftest import SCRIPTS, TINY_HYPERPARAMETERS, balanced_labels, pattern_image
+
+TRAIN_ACCURACY = re.compile(r"Epoch\[\d+\] Train-accuracy=([0-9.]+)")
+VALIDATION_ACCURACY = re.compile(r"Epoch\[\d+\] Validation-accuracy=([0-9.]+)")
+LOG_LINE = re.compile(r"^\[\d\d/\d\d/\d{4} \d\d:\d\d:\d\d (INFO|WARNING|ERROR) \d+\] ")
+
+
+def tiny_job(make_job, name="job", train=128, validation=64, **hyperparameters):
+    job = make_job(name)
+    job.hyperparameters(
+        {**TINY_HYPERPARAMETERS, "num_training_samples": str(train), **hyperparameters}
+    )
+    job.rec_channel("train", balanced_labels(train, 4), seed=1)
+    if validation:
+        job.rec_channel("validation", balanced_labels(validation, 4), seed=2)
+    return job
+
+
+def test_learns_a_separable_dataset_and_logs_what_tuning_jobs_parse(make_job) -> None:
+    job = tiny_job(make_job, epochs="6", top_k="2", learning_rate="0.05")
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert all(LOG_LINE.match(line) for line in lines), lines
+    assert "Final configuration: {" in lines[0]
+    validation = [float(v) for v in VALIDATION_ACCURACY.findall(result.stdout)]
+    assert len(validation) == 6 and len(TRAIN_ACCURACY.findall(result.stdout)) == 6
+    assert max(validation) >= 0.9, validation
+    for epoch in range(6):
+        assert f"Epoch[{epoch}] Train-top_k_accuracy_2=" in result.stdout
+        assert f"Epoch[{epoch}] Time cost=" in result.stdout
+        assert re.search(rf"Epoch\[{epoch}\] Speed: [0-9.]+ samples/sec", result.stdout)
+    assert not (job.base / "output" / "failure").exists()
+
+
+def test_model_loads_with_plain_mxnet_module_as_sagemaker_notebooks_do(make_job) -> None:
+    job = tiny_job(make_job, epochs="4", learning_rate="0.05")
+    assert job.train().returncode == 0
+    files = sorted(p.name for p in job.model_dir.iterdir())
+    epoch = int(next(f for f in files if f.endswith(".params"))[-11:-7])
+    assert {"image-classification-symbol.json", "model-shapes.json"} <= set(files)
+    shapes = json.loads((job.model_dir / "model-shapes.json").read_text())
+    assert shapes[0]["name"] == "data" and shapes[0]["shape"][1:] == [3, 16, 16]
+    sym, arg, aux = mx.model.load_checkpoint(str(job.model_dir / "image-classification"), epoch)
+    module = mx.mod.Module(symbol=sym, label_names=None, context=mx.cpu())
+    module.bind(for_training=False, data_shapes=[("data", (8, 3, 16, 16))])
+    module.set_params(arg, aux)
+    rng = np.random.default_rng(7)
+    labels = [0, 1, 2, 3] * 2
+    batch = np.stack([pattern_image(label, 16, 3, rng) for label in labels])
+    module.forward(mx.io.DataBatch([mx.nd.array(batch.transpose(0, 3, 1, 2))]), is_train=False)
+    probabilities = module.get_outputs()[0].asnumpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    assert (probabilities.argmax(axis=1) == labels).mean() >= 0.75
+    with tarfile.open(job.base / "output" / "model.tar.gz") as archive:
+        assert sorted(archive.getnames()) == files
+
+
+def test_checkpoint_frequency_keeps_periodic_epochs_in_model_dir(make_job) -> None:
+    job = tiny_job(make_job, epochs="4", checkpoint_frequency="2", validation=0)
+    assert job.train().returncode == 0
+    params = sorted(p.name for p in job.model_dir.glob("*.params"))
+    assert params == ["image-classification-0002.params", "image-classification-0004.params"]
+
+
+def test_early_stopping_stops_when_validation_accuracy_stalls(make_job) -> None:
+    job = tiny_job(
+        make_job,
+        epochs="10",
+        learning_rate="0",
+        early_stopping="True",
+        early_stopping_min_epochs="2",
+        early_stopping_patience="2",
+    )
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(VALIDATION_ACCURACY.findall(result.stdout)) == 3
+    assert "Early stopping after epoch 2" in result.stdout
+
+
+def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(make_job) -> None:
+    job = tiny_job(make_job, train=1024, validation=64, epochs="6", mini_batch_size="32")
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "train")],
+        env={**__import__("os").environ, "SAGEMAKER_BASE_DIR": str(job.base)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if "Epoch[1] Train-accuracy" in line:
+            break
+    process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    rest, _ = process.communicate(timeout=60)
+    assert time.monotonic() - sent < 20
+    assert process.returncode == 143, "".join(seen) + rest
+    assert not (job.base / "output" / "failure").exists()
+    state = json.loads((job.base / "checkpoints" / "imgcls-resume.json").read_text())
+    resumed_at = state["progress"]["next_epoch"]
+    assert resumed_at in (2, 3)
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Resuming from" in result.stdout
+    epochs_run = [int(e) for e in re.findall(r"Epoch\[(\d+)\] Train-accuracy", result.stdout)]
+    assert epochs_run == list(range(resumed_at, 6))
+    assert list(job.model_dir.glob("*.params"))
+    assert not (job.base / "checkpoints" / "imgcls-resume.json").exists()
+
+
+def test_incremental_training_from_a_model_channel(make_job) -> None:
+    first = tiny_job(make_job, "first", epochs="3", learning_rate="0.05")
+    assert first.train().returncode == 0
+    second = tiny_job(make_job, "second", epochs="1", learning_rate="0.01")
+    (second.data / "model").mkdir()
+    (second.data / "model" / "model.tar.gz").write_bytes(
+        (first.base / "output" / "model.tar.gz").read_bytes()
+    )
+    result = second.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Incremental training: weights loaded" in result.stdout
+    assert float(VALIDATION_ACCURACY.findall(result.stdout)[0]) >= 0.75
+
+    other = tiny_job(make_job, "other", epochs="1", num_classes="5")
+    (other.data / "model").mkdir()
+    (other.data / "model" / "model.tar.gz").write_bytes(
+        (first.base / "output" / "model.tar.gz").read_bytes()
+    )
+    assert other.train().returncode != 0
+    assert other.failure.startswith("ClientError:") and "num_classes" in other.failure
+
+
+@pytest.mark.parametrize(
+    ("setup", "message"),
+    [
+        (lambda job: job.rec_channel("train", [0, 1, 7, 2] * 8), "record 2 (id 2): label 7"),
+        (lambda job: job.rec_channel("train", [0, 1, 2, 3] * 8, size=12), "smaller than"),
+        (lambda job: job.rec_channel("train", [0, 1, 2, 3]), "fewer than mini_batch_size=16"),
+        (
+            lambda job: (job.data / "train").mkdir()
+            or (job.data / "train/x.rec").write_bytes(b"not a recordio file at all"),
+            "not a valid MXNet RecordIO file",
+        ),
+    ],
+    ids=["label-out-of-range", "image-too-small", "too-few-images", "not-recordio"],
+)
+def test_bad_records_fail_with_a_client_error_naming_the_file(make_job, setup, message) -> None:
+    job = make_job()
+    job.hyperparameters(TINY_HYPERPARAMETERS)
+    setup(job)
+    result = job.train("--dry-run")
+    assert result.returncode == 1
+    assert job.failure.startswith("ClientError:"), job.failure
+    assert message in job.failure and str(job.data / "train") in job.failure
+
+
+def test_wrong_num_training_samples_is_a_warning_with_both_numbers(make_job) -> None:
+    job = tiny_job(make_job, validation=0, num_training_samples="1000")
+    result = job.train("--dry-run")
+    assert result.returncode == 0
+    assert "num_training_samples=1000 but the train channel holds 128 images" in result.stdout
