@@ -1,0 +1,42 @@
+"""Image bytes -> network input, shared by serving and by the image-channel packer.
+
+OpenCV decodes, as MXNet's own image decoder does, so served images match trained ones:
+CMYK JPEGs, 16-bit PNGs and PNGs with alpha all come out as 8-bit RGB (or grey).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from imgcls.errors import ClientError
+
+
+def decode_image(data: bytes, channels: int, where: str = "the image") -> np.ndarray:
+    """Decode to HxWxC uint8, RGB for channels=3, grey (HxWx1) for channels=1."""
+    if not data:
+        raise ClientError(f"{where} is empty: send the bytes of a JPEG or PNG image.")
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
+    image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    if image is None:
+        raise ClientError(f"{where} cannot be decoded as an image: send a JPEG or PNG file.")
+    if channels == 1:
+        return image[:, :, np.newaxis]
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def resize_exact(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize to height x width without keeping the aspect ratio or cropping (inference)."""
+    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR)
+    return resized.reshape(height, width, image.shape[2])
+
+
+def to_network_input(images: list[np.ndarray]) -> np.ndarray:
+    """HxWxC uint8 images -> one NCHW float32 batch of raw 0-255 pixels."""
+    return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+def prepare(data: bytes, image_shape: tuple[int, int, int], where: str = "the image") -> np.ndarray:
+    """Bytes -> 1xCxHxW float32, as the contract's inference preprocessing says."""
+    channels, height, width = image_shape
+    return to_network_input([resize_exact(decode_image(data, channels, where), height, width)])
