@@ -193,3 +193,18 @@ def test_load_pretrained_features_refuses_another_depth(tmp_path):
     net = _initialised(34, (3, 8, 8))
     with pytest.raises(ValueError, match="does not fit"):
         load_pretrained_features(net, tmp_path / "resnet18_v2.params")
+
+
+def test_input_batchnorm_running_statistics_follow_training() -> None:
+    """The model zoo's input BatchNorm has no trainable parameter; ours learns its shift so that
+    its backward pass runs and its running statistics are updated (else inference is off)."""
+    net = build_network(20, 4, (3, 8, 8))
+    net.initialize()
+    trainer = mx.gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.01})
+    data = mx.nd.random.uniform(0, 255, (4, 3, 8, 8))
+    with mx.autograd.record():
+        loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()(net(data), mx.nd.zeros(4))
+    loss.backward()
+    trainer.step(4)
+    running_mean = net.backbone.features[0].running_mean.data().asnumpy()
+    assert np.abs(running_mean).sum() > 0

@@ -1,4 +1,4 @@
-"""What happens around the fit loop: LR schedule, metrics, early stopping, model checkpoints."""
+"""What happens around the fit loop: LR schedule, loss, metrics, early stopping, checkpoints."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import mxnet as mx
+import numpy as np
+from mxnet import gluon
 
 from imgcls.log import logger
 
@@ -44,13 +46,100 @@ def optimizer_params(hp, lr_schedule: mx.lr_scheduler.LRScheduler | None) -> dic
     return params
 
 
-def classification_metrics(top_k: int | None) -> mx.metric.CompositeEvalMetric:
-    """`accuracy`, plus `top_k_accuracy_<k>` when top_k is set: the names the logs carry."""
+def loss_function(
+    multi_label: bool, positive_weights: Callable[[], np.ndarray] | None = None
+) -> gluon.loss.Loss:
+    """Softmax cross-entropy; multi-label: sigmoid cross-entropy per class, with each class's
+    positives weighted by `positive_weights()` when given (use_weighted_loss)."""
+    if not multi_label:
+        return gluon.loss.SoftmaxCrossEntropyLoss()
+    if positive_weights is None:
+        return gluon.loss.SigmoidBinaryCrossEntropyLoss()
+    return PositiveWeightedSigmoidLoss(positive_weights)
+
+
+class PositiveWeightedSigmoidLoss(gluon.loss.SigmoidBinaryCrossEntropyLoss):
+    """Sigmoid cross-entropy whose positive terms are weighted per class (`pos_weight`)."""
+
+    def __init__(self, positive_weights: Callable[[], np.ndarray]) -> None:
+        super().__init__()
+        self._positive_weights = positive_weights
+
+    def forward(self, pred: mx.nd.NDArray, label: mx.nd.NDArray) -> mx.nd.NDArray:
+        weights = mx.nd.array(self._positive_weights(), ctx=pred.context).reshape((1, -1))
+        return super().forward(pred, label, None, weights)
+
+
+def classification_metrics(
+    top_k: int | None, multi_label: bool = False
+) -> mx.metric.CompositeEvalMetric:
+    """`accuracy`, plus `top_k_accuracy_<k>` when top_k is set: the names the logs carry.
+
+    Multi-label: `accuracy` is the mean per-class accuracy, then `mean_average_precision`;
+    top_k does not apply.
+    """
     metrics = mx.metric.CompositeEvalMetric()
+    if multi_label:
+        metrics.add(MultiLabelAccuracy())
+        metrics.add(MeanAveragePrecision())
+        return metrics
     metrics.add(mx.metric.Accuracy())
     if top_k:
         metrics.add(mx.metric.TopKAccuracy(top_k=top_k))
     return metrics
+
+
+class MultiLabelAccuracy(mx.metric.Accuracy):
+    """Mean per-class accuracy of multi-label logits (a class is predicted when its sigmoid
+    exceeds 0.5). Every class is scored on every example, so it is the accuracy over all
+    (example, class) pairs."""
+
+    def update(self, labels: list[mx.nd.NDArray], preds: list[mx.nd.NDArray]) -> None:
+        super().update(labels, [pred > 0 for pred in preds])
+
+
+class MeanAveragePrecision(mx.metric.EvalMetric):
+    """Mean over classes (those with positives) of the average precision of multi-label logits.
+
+    Memory stays bounded: sigmoid scores are counted in `bins` equal bins per class, and
+    examples in one bin are ties (as equal scores are in scikit-learn's average_precision).
+    """
+
+    def __init__(self, bins: int = 1000, name: str = "mean_average_precision") -> None:
+        self.bins = bins
+        super().__init__(name)
+
+    def reset(self) -> None:
+        super().reset()
+        self.positives: np.ndarray | None = None
+        self.negatives: np.ndarray | None = None
+
+    def update(self, labels: list[mx.nd.NDArray], preds: list[mx.nd.NDArray]) -> None:
+        for label, pred in zip(labels, preds, strict=True):
+            truth = label.asnumpy() > 0.5
+            scores = 0.5 * (1 + np.tanh(pred.asnumpy().astype(np.float64) / 2))
+            bins = np.minimum((scores * self.bins).astype(np.int64), self.bins - 1)
+            if self.positives is None or self.negatives is None:
+                self.positives = np.zeros((truth.shape[1], self.bins), dtype=np.int64)
+                self.negatives = np.zeros_like(self.positives)
+            classes = np.broadcast_to(np.arange(truth.shape[1]), truth.shape)
+            np.add.at(self.positives, (classes[truth], bins[truth]), 1)
+            np.add.at(self.negatives, (classes[~truth], bins[~truth]), 1)
+            self.num_inst += truth.shape[0]
+
+    def get(self) -> tuple[str, float]:
+        if self.positives is None or self.negatives is None:
+            return self.name, float("nan")
+        positives, negatives = self.positives[:, ::-1], self.negatives[:, ::-1]
+        true_positives = np.cumsum(positives, axis=1)
+        predicted = true_positives + np.cumsum(negatives, axis=1)
+        precision = true_positives / np.maximum(predicted, 1)
+        totals = true_positives[:, -1]
+        seen = totals > 0
+        if not seen.any():
+            return self.name, float("nan")
+        average_precision = (positives * precision).sum(axis=1)[seen] / totals[seen]
+        return self.name, float(average_precision.mean())
 
 
 @dataclass
@@ -91,6 +180,7 @@ class ModelCheckpoints:
     export: Callable[[int], Path]
     remove: Callable[[int], None]
     frequency: int | None
+    enabled: bool = True
     best_accuracy: float = -1.0
     best_epoch: int = 0
     last_epoch: int = 0
@@ -112,11 +202,12 @@ class ModelCheckpoints:
             self.last_epoch = epoch
 
     def _save(self, epoch: int) -> None:
-        logger.info('Saved checkpoint to "%s"', self.export(epoch))
+        if self.enabled:
+            logger.info('Saved checkpoint to "%s"', self.export(epoch))
 
     def _drop(self, epoch: int) -> None:
         """Remove an earlier file unless the periodic policy keeps it."""
-        if epoch and not (self.frequency and epoch % self.frequency == 0):
+        if self.enabled and epoch and not (self.frequency and epoch % self.frequency == 0):
             self.remove(epoch)
 
     def state(self) -> dict:

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def configure_threads(environ: dict[str, str] = os.environ) -> None:  # type: ignore[assignment]
@@ -29,10 +30,87 @@ def _train(args: argparse.Namespace) -> int:
     paths = paths_from_env()
     paths.failure_file.unlink(missing_ok=True)
     try:
-        run_training(paths, dry_run=args.dry_run)
+        return run_training(paths, dry_run=args.dry_run)
     except Exception as exc:
         return report_failure(exc, paths.failure_file)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """The model server; each of its workers gets an equal share of the cores."""
+    from imgcls.environment import paths_from_env, serving_settings_from_env
+    from imgcls.errors import ClientError
+    from imgcls.failure import failure_text
+    from imgcls.log import logger, setup_logging
+
+    setup_logging()
+    try:
+        settings = serving_settings_from_env()
+    except ClientError as exc:
+        logger.error(failure_text(exc))
+        return 1
+    cores = len(os.sched_getaffinity(0))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // settings.workers)))
+    from imgcls.serving.server import run_server
+
+    run_server(paths_from_env().model_dir, settings, args.host)
     return 0
+
+
+def _serve_batch(args: argparse.Namespace) -> int:
+    configure_threads()
+    from imgcls.environment import paths_from_env
+    from imgcls.errors import ImgclsError
+    from imgcls.failure import failure_text
+    from imgcls.log import logger, setup_logging
+    from imgcls.serving.batch import run_batch
+
+    setup_logging()
+    try:
+        return run_batch(
+            args.input,
+            args.output,
+            args.model or paths_from_env().model_dir,
+            endpoint_url=args.endpoint_url,
+            overwrite=args.overwrite,
+            concurrency=args.concurrency,
+        )
+    except ImgclsError as exc:
+        logger.error(failure_text(exc))
+        return 1
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return int(text)
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser(
+        "serve", help="run the model server (port: SAGEMAKER_BIND_TO_PORT, default 8080)"
+    )
+    serve.add_argument("--host", default="0.0.0.0", help="address to bind (default: 0.0.0.0)")
+    serve.set_defaults(handler=_serve)
+    batch = serve.add_subparsers(dest="serve_command").add_parser(
+        "batch", help="score every image of a folder or S3 prefix into <name>.out files"
+    )
+    batch.add_argument("--input", required=True, metavar="SRC", help="folder or s3://bucket/prefix")
+    batch.add_argument(
+        "--output", required=True, metavar="DST", help="folder or s3://bucket/prefix"
+    )
+    batch.add_argument(
+        "--model",
+        type=Path,
+        help="model folder or model.tar.gz (default: $SAGEMAKER_BASE_DIR/model)",
+    )
+    batch.add_argument(
+        "--endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL, else AWS)"
+    )
+    batch.add_argument("--overwrite", action="store_true", help="re-score existing outputs")
+    batch.add_argument(
+        "--concurrency", type=_positive_int, default=4, help="files in flight (default: 4)"
+    )
+    batch.set_defaults(handler=_serve_batch)
 
 
 def _hyperparameters(args: argparse.Namespace) -> int:
@@ -56,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate hyperparameters and channels and print a summary, without training",
     )
     train.set_defaults(handler=_train)
+    _add_serve(commands)
 
     hyper = commands.add_parser("hyperparameters", help="print the hyperparameter table")
     hyper.add_argument(

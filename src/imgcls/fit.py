@@ -124,6 +124,12 @@ def log_epoch(epoch: int, stats: EpochStats) -> None:
     logger.info("Epoch[%d] Speed: %.2f samples/sec", epoch, stats.speed)
 
 
+def log_local(epoch: int, kind: str, values: list[tuple[str, float]]) -> None:
+    """This host's own figures in a multi-host job (not the shape tuning jobs parse)."""
+    for name, value in values:
+        logger.info("Epoch[%d] This host's %s-%s=%f", epoch, kind, name, value)
+
+
 def log_validation(epoch: int, values: list[tuple[str, float]]) -> None:
     for name, value in values:
         logger.info("Epoch[%d] Validation-%s=%f", epoch, name, value)
@@ -135,6 +141,7 @@ class EpochHooks:
 
     validation_batches: Callable[[], mx.io.DataIter] | None
     after_epoch: Callable[[int, float | None], bool]
+    aggregate: Callable[[mx.metric.EvalMetric], None] | None = None
 
 
 def fit(
@@ -151,10 +158,18 @@ def fit(
         if stop.requested:
             raise TrainingInterrupted(epoch)
         stats = train_one_epoch(epoch, learner, train_batches, train_metrics, stop)
+        if hooks.aggregate is not None:
+            log_local(epoch, "train", stats.metrics)
+            hooks.aggregate(train_metrics)
+            stats.metrics = train_metrics.get_name_value()
         log_epoch(epoch, stats)
         accuracy = None
         if hooks.validation_batches is not None:
             values = evaluate(learner, hooks.validation_batches(), validation_metrics)
+            if hooks.aggregate is not None:
+                log_local(epoch, "validation", values)
+                hooks.aggregate(validation_metrics)
+                values = validation_metrics.get_name_value()
             log_validation(epoch, values)
             accuracy = dict(values)["accuracy"]
         if hooks.after_epoch(epoch, accuracy):

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 
 from imgcls.data.channels import Channel, discover_channels
+from imgcls.distributed.launch import is_worker_process
 from imgcls.environment import (
     Paths,
     ResourceConfig,
@@ -49,23 +50,50 @@ def load_job_config(paths: Paths) -> JobConfig:
     return JobConfig(hp, channels, resources)
 
 
-def run_training(paths: Paths, dry_run: bool = False) -> None:
-    """`scripts/train`: validate everything, then train (or, with dry_run, summarise)."""
-    from imgcls.data.sources import load_channel
+def run_training(paths: Paths, dry_run: bool = False) -> int:
+    """`scripts/train`: validate everything, then train (or, with dry_run, summarise).
+
+    On several hosts this process launches the ps-lite roles and a worker, which runs this
+    same function again as a worker. Returns the exit code.
+    """
+    from imgcls.data.sources import load_channels
 
     config = load_job_config(paths)
-    data = {
-        name: load_channel(channel, config.hp)
-        for name, channel in config.channels.items()
-        if name in ("train", "validation")
-    }
-    _check_training_counts(config.hp, data["train"])
+    if config.resources.is_distributed and not dry_run and not is_worker_process():
+        return _launch_host(config)
+    data = load_channels(paths, config.channels, config.hp)
+    if not data["train"].is_pipe:
+        _check_training_counts(config.hp, data["train"])
     if dry_run:
         _log_summary(config, data)
-        return
+        return 0
     from imgcls.train import train
 
     train(paths, config, data)
+    return 0
+
+
+def _launch_host(config: JobConfig) -> int:
+    """This host's part of a multi-host job (kv_store defaults to dist_sync there)."""
+    from imgcls.distributed.cluster import cluster_from
+    from imgcls.distributed.launch import run_host
+
+    kv_store = config.hp.kv_store or "dist_sync"
+    if config.hp.kv_store is None:
+        logger.info(
+            "kv_store is not set on %d hosts: using dist_sync.", len(config.resources.hosts)
+        )
+    cluster = cluster_from(config.resources)
+    logger.info(
+        "Host %s (#%d of %d), kv_store=%s, scheduler at %s:%d",
+        cluster.current_host,
+        cluster.host_index,
+        len(cluster.hosts),
+        kv_store,
+        cluster.leader_address,
+        cluster.ps_port,
+    )
+    return run_host(cluster, kv_store)
 
 
 def _check_training_counts(hp: Hyperparameters, train) -> None:
@@ -73,7 +101,7 @@ def _check_training_counts(hp: Hyperparameters, train) -> None:
 
     if train.count < hp.mini_batch_size:
         raise ClientError(
-            f"The train channel ({train.files[0].parent}) has {train.count} images, "
+            f"The train channel ({train.folder}) has {train.count} images, "
             f"fewer than mini_batch_size="
             f"{hp.mini_batch_size}. Add images or lower mini_batch_size."
         )
@@ -96,7 +124,7 @@ def _log_summary(config: JobConfig, data: dict) -> None:
         )
         if name in data:
             found = data[name]
-            line += f": {len(found.files)} file(s), {found.count} images"
+            line += f": {found.describe()}"
         logger.info(line)
     logger.info(
         "Hosts: %s (this host: %s)",

@@ -68,6 +68,19 @@ def _backbone(num_layers: int, num_classes: int) -> gluon.HybridBlock:
     raise ValueError(f"num_layers must be one of {LARGE_DEPTHS + SMALL_DEPTHS}, got {num_layers}")
 
 
+def _learn_data_batchnorm_shift(backbone: ResNetV2) -> None:
+    """Train the input BatchNorm's beta, as MXNet's `symbols/resnet.py` does for `bn_data`.
+
+    The model zoo's input BatchNorm has no trainable parameter, so autograd skips its backward
+    pass, where MXNet updates running statistics: they would stay at 0 and 1, and inference
+    would see differently scaled inputs than training.
+    """
+    data_norm = backbone.features[0]
+    backbone.features.register_child(
+        nn.BatchNorm(scale=False, center=True, prefix=data_norm.prefix), "0"
+    )
+
+
 class ImageClassifier(gluon.HybridBlock):
     """Raw 0–255 NCHW pixels → per-channel normalisation (constants) → ResNet v2 → logits."""
 
@@ -78,6 +91,7 @@ class ImageClassifier(gluon.HybridBlock):
             self.mean = self.params.get_constant("mean", mean)
             self.inv_std = self.params.get_constant("inv_std", 1 / std)
             self.backbone = _backbone(num_layers, num_classes)
+        _learn_data_batchnorm_shift(self.backbone)
 
     def hybrid_forward(self, F, x, mean, inv_std):
         mean = F.reshape(mean, shape=(1, -1, 1, 1))

@@ -24,12 +24,23 @@ MODEL_SNAPSHOT = "model"
 
 
 class ResumeState:
-    """Save and restore one job's progress; `fingerprint` guards against another job's state."""
+    """Save and restore one job's progress; `fingerprint` guards against another job's state.
 
-    def __init__(self, folder: Path, model_dir: Path, fingerprint: dict[str, Any]):
+    With `optimizer_states` False (multi-host jobs: the optimizer lives on the ps-lite servers,
+    which cannot save it) a resumed job restarts the optimizer's momentum.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        model_dir: Path,
+        fingerprint: dict[str, Any],
+        optimizer_states: bool = True,
+    ):
         self.folder = folder
         self.model_dir = model_dir
         self.fingerprint = fingerprint
+        self.optimizer_states = optimizer_states
 
     @property
     def json_file(self) -> Path:
@@ -39,7 +50,8 @@ class ResumeState:
         """Write params and optimizer state first, the JSON last: it is the commit point."""
         self.folder.mkdir(parents=True, exist_ok=True)
         _atomic(self.folder / STATE_PARAMS, net.save_parameters)
-        _atomic(self.folder / STATE_OPTIMIZER, trainer.save_states)
+        if self.optimizer_states:
+            _atomic(self.folder / STATE_OPTIMIZER, trainer.save_states)
         self._snapshot_model_dir()
         state = {"fingerprint": self.fingerprint, "progress": progress}
         _atomic(self.json_file, lambda path: Path(path).write_text(json.dumps(state, indent=2)))
@@ -53,7 +65,8 @@ class ResumeState:
         state = json.loads(self.json_file.read_text())
         self._check_fingerprint(state["fingerprint"])
         net.load_parameters(str(self.folder / STATE_PARAMS), ctx=contexts)
-        trainer.load_states(str(self.folder / STATE_OPTIMIZER))
+        if self.optimizer_states:
+            trainer.load_states(str(self.folder / STATE_OPTIMIZER))
         self._restore_model_dir()
         logger.info("Resuming from %s: %s", self.folder, json.dumps(state["progress"]))
         return state["progress"]

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import mxnet as mx
+import numpy as np
 from mxnet import gluon
 
-from imgcls import artifacts
+from imgcls import artifacts, pretrained
 from imgcls.callbacks import (
     EarlyStopping,
     ModelCheckpoints,
     classification_metrics,
+    loss_function,
     lr_scheduler,
     optimizer_params,
     updates_per_epoch,
 )
 from imgcls.data.sources import ChannelData, train_iter, validation_iter
+from imgcls.distributed.worker import (
+    WorkerContext,
+    aggregate_metrics,
+    parameters_digest,
+    worker_context,
+)
 from imgcls.environment import Paths, runs_on_managed_platform
-from imgcls.errors import AlgorithmError, TrainingInterrupted
+from imgcls.errors import TrainingInterrupted
 from imgcls.fit import EpochHooks, Learner, StopRequest, fit
 from imgcls.job import JobConfig
 from imgcls.log import logger
@@ -38,8 +47,15 @@ def model_metadata(hp) -> dict:
     return hp.as_dict()
 
 
-def build_learner(hp, contexts: list[mx.Context], model_channel: Path | None) -> Learner:
-    """The network (initialised, or from a previous model), its trainer and its loss."""
+def build_learner(
+    hp,
+    contexts: list[mx.Context],
+    model_channel: Path | None,
+    worker: WorkerContext | None = None,
+    positive_weights: Callable[[], np.ndarray] | None = None,
+) -> Learner:
+    """The network (initialised, or from a previous model), its trainer and its loss
+    (multi-label: positives weighted by `positive_weights()` when given)."""
     net = build_network(hp.num_layers, hp.num_classes, hp.image_shape)
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=contexts)
     if model_channel is not None:
@@ -53,41 +69,55 @@ def build_learner(hp, contexts: list[mx.Context], model_channel: Path | None) ->
             },
         )
         logger.info("Incremental training: weights loaded from %s", model_channel)
+        if hp.use_pretrained_model:
+            logger.info("use_pretrained_model=1 is ignored: the model channel's weights win.")
+    elif hp.use_pretrained_model:
+        pretrained.load_imagenet_features(net, hp.num_layers)
     if hp.precision_dtype == "float16":
         net.cast("float16")
+    if worker is not None:
+        kvstore = mx.kv.create(worker.kv_store)
+    else:
+        kvstore = "device" if len(contexts) > 1 else None
     net.hybridize(static_alloc=True, static_shape=True)
     schedule = lr_scheduler(
         hp.lr_scheduler_step,
         hp.lr_scheduler_factor,
         hp.learning_rate,
-        updates_per_epoch(hp.num_training_samples, hp.mini_batch_size),
+        updates_per_epoch(hp.num_training_samples, update_batch(hp.mini_batch_size, worker)),
     )
     trainer = gluon.Trainer(
-        net.collect_params(),
-        hp.optimizer,
-        optimizer_params(hp, schedule),
-        kvstore="device" if len(contexts) > 1 else None,
+        net.collect_params(), hp.optimizer, optimizer_params(hp, schedule), kvstore=kvstore
     )
-    return Learner(net, trainer, gluon.loss.SoftmaxCrossEntropyLoss(), contexts, hp.precision_dtype)
+    loss = loss_function(hp.multi_label, positive_weights)
+    return Learner(net, trainer, loss, contexts, hp.precision_dtype)
+
+
+def update_batch(mini_batch_size: int, worker: WorkerContext | None) -> int:
+    """Samples per optimizer update: dist_sync sums every worker's batch into one update."""
+    if worker is not None and worker.synchronous:
+        return mini_batch_size * worker.num_hosts
+    return mini_batch_size
 
 
 def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None:
     """Train, keep the model/ files the checkpoint policy asks for, and pack model.tar.gz."""
     hp = config.hp
-    if config.resources.is_distributed:
-        raise AlgorithmError(
-            "Training on several hosts is not available in this version of imgcls; "
-            "run with one instance."
-        )
+    worker = worker_context()
     contexts = devices(mx.context.num_gpus())
     model_channel = config.channels.get("model")
-    learner = build_learner(hp, contexts, model_channel.path if model_channel else None)
+    weights = data["train"].positive_weights if hp.use_weighted_loss else None
+    learner = build_learner(
+        hp, contexts, model_channel.path if model_channel else None, worker, weights
+    )
+    writes_model = worker is None or worker.is_leader
     checkpoints = ModelCheckpoints(
         export=lambda epoch: artifacts.export_model(
             learner.net, paths.model_dir, epoch, hp.image_shape, hp.multi_label, model_metadata(hp)
         ),
         remove=lambda epoch: artifacts.remove_params(paths.model_dir, epoch),
         frequency=hp.checkpoint_frequency,
+        enabled=writes_model,
     )
     early = (
         EarlyStopping(
@@ -97,7 +127,9 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
         else None
     )
     fingerprint = {key: hp.as_dict()[key] for key in FINGERPRINT_KEYS}
-    resume = ResumeState(paths.checkpoints_dir, paths.model_dir, fingerprint)
+    resume = ResumeState(
+        paths.checkpoints_dir, paths.model_dir, fingerprint, optimizer_states=worker is None
+    )
     first_epoch = _restore(resume, learner, checkpoints, early)
 
     def progress(next_epoch: int) -> dict:
@@ -121,19 +153,23 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
         return stop
 
     validation = data.get("validation")
+    parts = (worker.num_hosts, worker.host_index) if worker else (1, 0)
     hooks = EpochHooks(
         validation_batches=(
-            (lambda: validation_iter(validation, hp, hp.mini_batch_size)) if validation else None
+            (lambda: validation_iter(validation, hp, hp.mini_batch_size, *parts))
+            if validation
+            else None
         ),
         after_epoch=after_epoch,
+        aggregate=(lambda metric: aggregate_metrics(metric, worker.collective)) if worker else None,
     )
     stop = StopRequest()
     stop.install()
     try:
         fit(
             learner,
-            train_iter(data["train"], hp, hp.mini_batch_size),
-            lambda: classification_metrics(hp.top_k),
+            train_iter(data["train"], hp, hp.mini_batch_size, *parts),
+            lambda: classification_metrics(hp.top_k, hp.multi_label),
             hooks,
             range(first_epoch, hp.epochs),
             stop,
@@ -146,7 +182,9 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
             interrupted.epoch,
         )
         raise
-    _finish(paths, resume)
+    if worker is not None:
+        logger.info("Final trainable parameters digest: %s", parameters_digest(learner.net))
+    _finish(paths, resume, writes_model)
 
 
 def _restore(resume: ResumeState, learner: Learner, checkpoints: ModelCheckpoints, early) -> int:
@@ -162,8 +200,8 @@ def _restore(resume: ResumeState, learner: Learner, checkpoints: ModelCheckpoint
     return progress["next_epoch"]
 
 
-def _finish(paths: Paths, resume: ResumeState) -> None:
+def _finish(paths: Paths, resume: ResumeState, writes_model: bool) -> None:
     resume.clear()
-    if not runs_on_managed_platform():
+    if writes_model and not runs_on_managed_platform():
         artifacts.pack_model(paths.model_dir, paths.local_model_tar)
         logger.info("Model archive for local use: %s", paths.local_model_tar)

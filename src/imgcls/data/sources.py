@@ -1,27 +1,54 @@
-"""Turn a job's data channels into what the fit loop reads: record files, counts, iterators."""
+"""Turn a job's data channels into what the fit loop reads: record files, counts, iterators.
+
+File mode: RecordIO channels are read where they are; image channels (images + .lst) are packed
+into RecordIO in a temporary folder first. Both then go through MXNet's ImageRecordIter. Pipe
+mode: RecordIO or augmented-manifest streams, read epoch by epoch from FIFOs (data/pipe.py).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import mxnet as mx
 import numpy as np
 
 from imgcls.augment import train_augmenter_args, validation_augmenter_args
-from imgcls.data.channels import Channel
+from imgcls.data.channels import DATA_CHANNELS, Channel
+from imgcls.data.examples import manifest_examples, recordio_examples
+from imgcls.data.images import pack_images, packing_folder
+from imgcls.data.labels import (
+    LABEL_FORMATS,
+    MULTI_HOT,
+    log_positive_weights,
+    positive_weights,
+)
+from imgcls.data.lst import find_lst
+from imgcls.data.pipe import PipeBatches, PipeSource
 from imgcls.data.recordio import REC_SUFFIXES, RecordStats, record_iter, scan_records
+from imgcls.environment import Paths
 from imgcls.errors import ClientError
 
 
 @dataclass
 class ChannelData:
-    """One data channel (train or validation) ready to be read."""
+    """One data channel (train or validation) ready to be read.
+
+    File mode: `files` are RecordIO files and `stats` what their check found. Pipe mode: `pipe`
+    streams the examples, which are only counted as they arrive (`stats` stays empty).
+    """
 
     name: str
+    folder: Path
     files: list[Path]
     stats: RecordStats
+    pipe: PipeSource | None = None
+
+    @property
+    def is_pipe(self) -> bool:
+        return self.pipe is not None
 
     @property
     def count(self) -> int:
@@ -31,6 +58,105 @@ class ChannelData:
     def class_counts(self) -> np.ndarray:
         return self.stats.class_counts
 
+    def positive_weights(self) -> np.ndarray:
+        """Multi-label loss weight of each class's positives, from this channel's labels."""
+        if self.pipe is not None:
+            return self.pipe.positive_weights()
+        return positive_weights(self.class_counts, self.count)
+
+    def describe(self) -> str:
+        if self.pipe is not None:
+            return f"streamed from {self.pipe.fifo(0).parent}/{self.name}_<epoch>"
+        return f"{len(self.files)} file(s), {self.count} images"
+
+
+def load_channels(paths: Paths, channels: dict[str, Channel], hp) -> dict[str, ChannelData]:
+    """The train and validation channels, checked (File mode) or ready to stream (Pipe mode)."""
+    data = {}
+    folder = None
+    for name in DATA_CHANNELS:
+        channel = channels.get(name)
+        if channel is None:
+            continue
+        if channel.config.is_pipe:
+            data[name] = _pipe_channel(paths, channel, hp)
+        elif channel.is_image:
+            folder = folder or packing_folder()
+            data[name] = _image_channel(channel, channels[f"{name}_lst"], hp, folder)
+        else:
+            data[name] = load_channel(channel, hp)
+    train = data["train"]
+    if hp.use_weighted_loss and not train.is_pipe:
+        log_positive_weights(train.positive_weights(), f"the {train.count} images of 'train'")
+    return data
+
+
+def _image_channel(images: Channel, lst: Channel, hp, folder: Path) -> ChannelData:
+    """Images listed in a .lst, packed into RecordIO in `folder`."""
+    stats = pack_images(
+        images.path,
+        find_lst(lst),
+        folder / f"{images.name}.rec",
+        num_classes=hp.num_classes,
+        multi_label=hp.multi_label,
+        channels=hp.image_shape[0],
+    )
+    return ChannelData(images.name, images.path, stats.files, stats)
+
+
+def _pipe_channel(paths: Paths, channel: Channel, hp) -> ChannelData:
+    """A Pipe-mode channel: im2rec records, or an augmented manifest when RecordIO-wrapped."""
+    name = channel.name
+    setting = f"set RecordWrapperType to RecordIO on channel {name!r}"
+    if channel.config.record_wrapper == "RecordIO":
+        examples = partial(
+            manifest_examples,
+            num_classes=hp.num_classes,
+            multi_label=hp.multi_label,
+            label_format=_label_format(channel),
+        )
+        framing_hint = "The stream is corrupt: the platform wraps every attribute in RecordIO."
+        decode_hint = (
+            "Check the manifest's image attribute; AttributeNames must list the image first, "
+            "then the label."
+        )
+    elif channel.is_image:
+        raise ClientError(
+            f"Channel {name!r}: {channel.config.content_type} in Pipe mode is read as an "
+            f"augmented manifest stream, which must be RecordIO-wrapped: {setting}."
+        )
+    else:
+        examples = partial(
+            recordio_examples, num_classes=hp.num_classes, multi_label=hp.multi_label
+        )
+        framing_hint = (
+            f"If the channel is an augmented manifest, {setting}; otherwise stream .rec files "
+            "written by MXNet's tools/im2rec.py."
+        )
+        decode_hint = "Repack the image with MXNet's tools/im2rec.py."
+    source = PipeSource(
+        name=name,
+        fifo=partial(paths.pipe_path, name),
+        to_examples=examples,
+        framing_hint=framing_hint,
+        decode_hint=decode_hint,
+        num_classes=hp.num_classes,
+        multi_label=hp.multi_label,
+        log_weights=bool(hp.use_weighted_loss) and name == "train",
+    )
+    empty = RecordStats(files=[], class_counts=np.zeros(hp.num_classes, dtype=np.int64))
+    return ChannelData(name, paths.data_dir, [], empty, source)
+
+
+def _label_format(channel: Channel) -> str:
+    label_format = channel.config.content_type_params.get("label-format", MULTI_HOT)
+    if label_format not in LABEL_FORMATS:
+        raise ClientError(
+            f"Channel {channel.name!r}: label-format={label_format!r} in content type "
+            f"{channel.config.content_type!r}; valid: {', '.join(LABEL_FORMATS)}."
+        )
+    return label_format
+
 
 def load_channel(channel: Channel, hp) -> ChannelData:
     """Find and check a File-mode RecordIO channel's records."""
@@ -38,11 +164,6 @@ def load_channel(channel: Channel, hp) -> ChannelData:
         raise ClientError(
             f"Channel {channel.name!r}: content type {channel.config.content_type!r} is not "
             "supported by this version of imgcls; use application/x-recordio."
-        )
-    if channel.config.is_pipe:
-        raise ClientError(
-            f"Channel {channel.name!r}: Pipe mode is not supported by this version of imgcls; "
-            "use TrainingInputMode File."
         )
     files = channel.files(REC_SUFFIXES)
     if not files:
@@ -56,7 +177,7 @@ def load_channel(channel: Channel, hp) -> ChannelData:
     )
     if stats.count == 0:
         raise ClientError(f"Channel {channel.name!r}: the .rec files in {channel.path} are empty.")
-    return ChannelData(channel.name, files, stats)
+    return ChannelData(channel.name, channel.path, files, stats)
 
 
 def batches_per_epoch(count: int, batch_size: int) -> int:
@@ -67,7 +188,18 @@ def batches_per_epoch(count: int, batch_size: int) -> int:
 def train_iter(
     data: ChannelData, hp, batch_size: int, num_parts: int = 1, part_index: int = 0
 ) -> mx.io.DataIter:
-    """Shuffled, augmented training batches; a fixed number per epoch (ResizeIter)."""
+    """Shuffled, augmented training batches; a fixed number per epoch (ResizeIter), or in Pipe
+    mode as many as each epoch's FIFO delivers."""
+    if data.pipe is not None:
+        return PipeBatches(
+            data.pipe,
+            batch_size=batch_size,
+            image_shape=hp.image_shape,
+            augment=train_augmenter_args(hp.augmentation_type, hp.resize),
+            shuffle=True,
+            min_count=batch_size,
+            expected_count=hp.num_training_samples,
+        )
     inner = record_iter(
         data.files,
         image_shape=hp.image_shape,
@@ -82,8 +214,19 @@ def train_iter(
     return mx.io.ResizeIter(inner, batches_per_epoch(per_part, batch_size))
 
 
-def validation_iter(data: ChannelData, hp, batch_size: int) -> mx.io.DataIter:
-    """Centre-cropped validation batches; a fresh iterator gives every sample exactly once."""
+def validation_iter(
+    data: ChannelData, hp, batch_size: int, num_parts: int = 1, part_index: int = 0
+) -> mx.io.DataIter:
+    """Centre-cropped validation batches; a fresh iterator gives every sample exactly once
+    (each host of a multi-host job its own part). Pipe mode: each one reads the next FIFO."""
+    if data.pipe is not None:
+        return PipeBatches(
+            data.pipe,
+            batch_size=batch_size,
+            image_shape=hp.image_shape,
+            augment=validation_augmenter_args(hp.resize),
+            shuffle=False,
+        )
     return record_iter(
         data.files,
         image_shape=hp.image_shape,
@@ -91,4 +234,6 @@ def validation_iter(data: ChannelData, hp, batch_size: int) -> mx.io.DataIter:
         label_width=hp.num_classes if hp.multi_label else 1,
         shuffle=False,
         augment=validation_augmenter_args(hp.resize),
+        num_parts=num_parts,
+        part_index=part_index,
     )

@@ -1,0 +1,73 @@
+"""What a training worker of a multi-host job knows and does beyond single-host training."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import mxnet as mx
+
+from imgcls.distributed.coordinator import Collective
+from imgcls.distributed.launch import HOST_INDEX_ENV, WORKER_ENV
+
+CONNECT_TIMEOUT_SECONDS = 120.0
+
+
+@dataclass
+class WorkerContext:
+    """This worker's place in the job and its channel to the other hosts."""
+
+    kv_store: str
+    host_index: int
+    num_hosts: int
+    collective: Collective
+
+    @property
+    def is_leader(self) -> bool:
+        """Only hosts[0] writes model/ and model.tar.gz."""
+        return self.host_index == 0
+
+    @property
+    def synchronous(self) -> bool:
+        return self.kv_store == "dist_sync"
+
+
+def worker_context(environ: Mapping[str, str] = os.environ) -> WorkerContext | None:
+    """The context when this process was started by the launcher as a worker, else None."""
+    kv_store = environ.get(WORKER_ENV)
+    if not kv_store:
+        return None
+    address = (environ["DMLC_PS_ROOT_URI"], int(environ["DMLC_PS_ROOT_PORT"]) + 1)
+    index = int(environ[HOST_INDEX_ENV])
+    return WorkerContext(
+        kv_store=kv_store,
+        host_index=index,
+        num_hosts=int(environ["DMLC_NUM_WORKER"]),
+        collective=Collective(address, index, CONNECT_TIMEOUT_SECONDS),
+    )
+
+
+def aggregate_metrics(metric: mx.metric.EvalMetric, collective: Collective) -> None:
+    """Sum every metric's counters over all workers, in place."""
+    children = metric.metrics if isinstance(metric, mx.metric.CompositeEvalMetric) else [metric]
+    local = [value for child in children for value in (child.sum_metric, child.num_inst)]
+    total = collective.allreduce(local)
+    for index, child in enumerate(children):
+        child.sum_metric, child.num_inst = total[2 * index], int(total[2 * index + 1])
+
+
+def parameters_digest(net: mx.gluon.Block) -> str:
+    """A SHA-256 of the trainable parameters: equal on all workers after dist_sync training.
+
+    BatchNorm's running statistics are not trained, so each worker keeps its own (as in any
+    MXNet kvstore job); the leader's go into the model.
+    """
+    digest = hashlib.sha256()
+    for name, parameter in sorted(net.collect_params().items()):
+        if parameter.grad_req == "null":
+            continue
+        digest.update(name.encode())
+        digest.update(parameter.data(parameter.list_ctx()[0]).asnumpy().tobytes())
+    return digest.hexdigest()

@@ -1,0 +1,167 @@
+"""Multi-host jobs on MXNet's parameter server: simulated hosts on 127.0.0.1, real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import SCRIPTS, TINY_HYPERPARAMETERS, Job, balanced_labels
+
+DIGEST = re.compile(r"Final trainable parameters digest: ([0-9a-f]{64})")
+VALIDATION = re.compile(r"Epoch\[(\d+)\] Validation-accuracy=([0-9.]+)")
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p+1 are free on 127.0.0.1 (scheduler and coordinator)."""
+    for _ in range(50):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        with socket.socket() as second:
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
+
+
+def make_hosts(tmp_path: Path, count: int, **hyperparameters) -> list[Job]:
+    hosts = [f"algo-{i + 1}" for i in range(count)]
+    jobs = []
+    for host in hosts:
+        job = Job(tmp_path / host)
+        job.hyperparameters({**TINY_HYPERPARAMETERS, **hyperparameters})
+        samples = int(hyperparameters.get("num_training_samples", 128))
+        job.rec_channel("train", balanced_labels(samples, 4), seed=1)
+        job.rec_channel("validation", balanced_labels(64, 4), seed=2)
+        (job.config / "resourceconfig.json").write_text(
+            json.dumps({"current_host": host, "hosts": hosts})
+        )
+        jobs.append(job)
+    return jobs
+
+
+def start(jobs: list[Job], port: int) -> list[subprocess.Popen]:
+    addresses = ",".join(f"algo-{i + 1}=127.0.0.1" for i in range(len(jobs)))
+    processes = []
+    for job in jobs:
+        env = {
+            **os.environ,
+            "SAGEMAKER_BASE_DIR": str(job.base),
+            "IMGCLS_HOST_ADDRESSES": addresses,
+            "IMGCLS_PS_PORT": str(port),
+            "IMGCLS_HEARTBEAT_TIMEOUT": "10",
+            "OMP_NUM_THREADS": "1",
+        }
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, str(SCRIPTS / "train")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+        )
+    return processes
+
+
+def job_processes(jobs: list[Job]) -> list[psutil.Process]:
+    """Every process whose environment names one of the jobs' base folders."""
+    bases = {str(job.base) for job in jobs}
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("SAGEMAKER_BASE_DIR") in bases:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def finish(processes: list[subprocess.Popen], timeout: float = 150) -> list[str]:
+    outputs = []
+    for process in processes:
+        try:
+            out, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            out, _ = process.communicate()
+        outputs.append(out)
+    return outputs
+
+
+@pytest.mark.parametrize("hosts", [2, 3])
+def test_dist_sync_gives_identical_weights_and_only_the_leader_writes_the_model(
+    tmp_path, hosts
+) -> None:
+    settings = {"epochs": "5", "learning_rate": "0.1", "num_training_samples": "256"}
+    jobs = make_hosts(tmp_path, hosts, kv_store="dist_sync", **settings)
+    outputs = finish(start(jobs, free_port_pair()))
+    for process_output in outputs:
+        assert "Final trainable parameters digest" in process_output, process_output[-3000:]
+    digests = {DIGEST.search(out).group(1) for out in outputs}
+    assert len(digests) == 1
+    assert list(jobs[0].model_dir.glob("*.params"))
+    assert (jobs[0].base / "output" / "model.tar.gz").exists()
+    for job in jobs[1:]:
+        assert not job.model_dir.exists() or not list(job.model_dir.iterdir())
+    # Every host logs the same aggregated accuracy, comparable to one host with the same
+    # global batch.
+    accuracies = [VALIDATION.findall(out) for out in outputs]
+    assert all(a == accuracies[0] for a in accuracies)
+    single = Job(tmp_path / "single")
+    single.hyperparameters({**TINY_HYPERPARAMETERS, **settings, "mini_batch_size": str(16 * hosts)})
+    single.rec_channel("train", balanced_labels(256, 4), seed=1)
+    single.rec_channel("validation", balanced_labels(64, 4), seed=2)
+    reference = single.train()
+    single_accuracy = float(VALIDATION.findall(reference.stdout)[-1][1])
+    distributed_accuracy = float(accuracies[0][-1][1])
+    assert distributed_accuracy >= 0.75
+    assert distributed_accuracy >= single_accuracy - 0.2, (distributed_accuracy, single_accuracy)
+    assert "This host's validation-accuracy=" in outputs[0]
+    assert not job_processes(jobs)
+
+
+def test_dist_async_completes_and_learns(tmp_path) -> None:
+    settings = {"epochs": "5", "learning_rate": "0.1", "num_training_samples": "256"}
+    jobs = make_hosts(tmp_path, 2, kv_store="dist_async", **settings)
+    outputs = finish(start(jobs, free_port_pair()))
+    for out in outputs:
+        assert "Final trainable parameters digest" in out, out[-3000:]
+    assert float(VALIDATION.findall(outputs[0])[-1][1]) >= 0.6
+    assert not job_processes(jobs)
+
+
+def test_a_dead_host_fails_the_others_within_the_bound(tmp_path) -> None:
+    jobs = make_hosts(tmp_path, 2, kv_store="dist_sync", epochs="50", num_training_samples="512")
+    processes = start(jobs, free_port_pair())
+    leader_output = []
+    for line in processes[0].stdout:
+        leader_output.append(line)
+        if "Epoch[0] Train-accuracy" in line:
+            break
+    os.killpg(processes[1].pid, signal.SIGKILL)
+    killed_at = time.monotonic()
+    rest = finish([processes[0]], timeout=60)[0]
+    elapsed = time.monotonic() - killed_at
+    finish([processes[1]], timeout=10)
+    assert processes[0].returncode not in (0, None)
+    assert elapsed < 30, elapsed
+    failure = (jobs[0].base / "output" / "failure").read_text()
+    assert failure.startswith("AlgorithmError: Distributed training stopped"), failure
+    assert "Distributed job aborted" in "".join(leader_output) + rest or "stopped" in failure
+    deadline = time.monotonic() + 10
+    while job_processes(jobs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not job_processes(jobs)
