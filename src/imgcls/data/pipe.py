@@ -1,0 +1,332 @@
+"""Pipe mode: one FIFO per epoch (`<channel>_0`, `<channel>_1`, ...), read as RecordIO records.
+
+Memory stays bounded: a thread reads the FIFO into a shuffle buffer of SHUFFLE_BUFFER examples
+(training only), decodes and augments batch after batch on a small thread pool, and queues at
+most PREFETCH_BATCHES ready batches. Nothing is written to disk; nothing outlives its batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import queue
+import struct
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import mxnet as mx
+import numpy as np
+
+from imgcls.data.augmenter import augment_image
+from imgcls.data.examples import Example
+from imgcls.data.labels import log_positive_weights, positive_weights
+from imgcls.errors import ClientError
+from imgcls.log import logger
+from imgcls.preprocess import decode_image, to_network_input
+
+RECORDIO_MAGIC = 0xCED7230A
+MAGIC_BYTES = struct.pack("<I", RECORDIO_MAGIC)
+LENGTH_MASK = (1 << 29) - 1
+PIPE_WAIT_SECONDS = 600.0
+POLL_SECONDS = 0.05
+SHUFFLE_BUFFER = 512
+PREFETCH_BATCHES = 2
+PUT_POLL_SECONDS = 0.2
+
+
+def wait_for_pipe(path: Path, timeout: float, channel: str) -> None:
+    """Return once `path` exists; a ClientError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() >= deadline:
+            raise ClientError(
+                f"Pipe mode: {path} did not appear within {timeout:g} s. Channel {channel!r} "
+                f"is read from one FIFO per epoch ({channel}_0, {channel}_1, ...), created by the "
+                "platform; for a local run create them, or set TrainingInputMode to File."
+            )
+        time.sleep(POLL_SECONDS)
+
+
+def read_records(stream: BinaryIO, name: str, hint: str) -> Iterator[tuple[str, bytes]]:
+    """(where, payload) for every RecordIO record of `stream`; split records are joined."""
+    index, offset, parts = 0, 0, []
+    while True:
+        head = stream.read(8)
+        if not head and not parts:
+            return
+        where = f"{name}, record {index}"
+        if len(head) < 8:
+            raise ClientError(f"{where} (byte {offset}): the stream ends inside a record header.")
+        magic, word = struct.unpack("<II", head)
+        if magic != RECORDIO_MAGIC:
+            raise ClientError(
+                f"{where} (byte {offset}): does not start with the RecordIO magic number "
+                f"0x{RECORDIO_MAGIC:08x}. {hint}"
+            )
+        length = word & LENGTH_MASK
+        padded = (length + 3) & ~3
+        payload = stream.read(padded)
+        if len(payload) < padded:
+            raise ClientError(f"{where} (byte {offset}): the stream ends inside the record.")
+        parts.append(payload[:length])
+        offset += 8 + padded
+        if word >> 29 in (0, 3):
+            yield where, MAGIC_BYTES.join(parts)
+            index, parts = index + 1, []
+
+
+@dataclass
+class PipeSource:
+    """A Pipe-mode channel: its FIFOs, how their records become examples, and a first-pass tally."""
+
+    name: str
+    fifo: Callable[[int], Path]
+    to_examples: Callable[[Iterator[tuple[str, bytes]]], Iterator[Example]]
+    framing_hint: str
+    decode_hint: str
+    num_classes: int
+    multi_label: bool
+    log_weights: bool = False
+    wait_seconds: float = PIPE_WAIT_SECONDS
+    epochs_opened: int = 0
+    first_pass_count: int = 0
+    class_counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        self.class_counts = np.zeros(self.num_classes, dtype=np.int64)
+
+    def next_epoch(self) -> int:
+        """The number of the next FIFO to open."""
+        self.epochs_opened += 1
+        return self.epochs_opened - 1
+
+    def examples(self, epoch: int) -> Iterator[Example]:
+        """Wait for the epoch's FIFO, then stream its examples (epoch 0 is tallied)."""
+        path = self.fifo(epoch)
+        wait_for_pipe(path, self.wait_seconds, self.name)
+        with open(path, "rb") as stream:
+            for example in self.to_examples(read_records(stream, str(path), self.framing_hint)):
+                if epoch == 0:
+                    self._tally(example.label)
+                yield example
+
+    def _tally(self, label: np.ndarray) -> None:
+        self.first_pass_count += 1
+        if self.multi_label:
+            self.class_counts += label.astype(np.int64)
+        else:
+            self.class_counts[int(label[0])] += 1
+
+    def positive_weights(self) -> np.ndarray:
+        """From the examples of the first pass so far (all of them once epoch 0 has ended)."""
+        return positive_weights(self.class_counts, max(self.first_pass_count, 1))
+
+
+@dataclass
+class _End:
+    """The producer's last word for an epoch."""
+
+    count: int
+    seconds: float
+
+
+@functools.cache
+def _decode_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(len(os.sched_getaffinity(0)), thread_name_prefix="imgcls-decode")
+
+
+class PipeBatches(mx.io.DataIter):
+    """Batches streamed from a PipeSource; each reset() (and the first next()) opens the next FIFO.
+
+    The number of batches per epoch is what the pipe delivers; the last batch is completed with
+    repeats of its own examples and says how many in `pad`.
+    """
+
+    def __init__(
+        self,
+        source: PipeSource,
+        *,
+        batch_size: int,
+        image_shape: tuple[int, int, int],
+        augment: dict[str, Any],
+        shuffle: bool,
+        min_count: int = 0,
+        expected_count: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(batch_size)
+        self.source = source
+        self.image_shape = image_shape
+        self.augment = augment
+        self.shuffle = shuffle
+        self.min_count = min_count
+        self.expected_count = expected_count
+        self.rng = np.random.default_rng(seed)
+        width = source.num_classes if source.multi_label else 1
+        label_shape = (batch_size, width) if source.multi_label else (batch_size,)
+        self.provide_data = [mx.io.DataDesc("data", (batch_size, *image_shape))]
+        self.provide_label = [mx.io.DataDesc("softmax_label", label_shape)]
+        self._stream: _EpochStream | None = None
+
+    def reset(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+        epoch = self.source.next_epoch()
+        self._stream = _EpochStream(self, epoch, int(self.rng.integers(2**32)))
+
+    def next(self) -> mx.io.DataBatch:
+        if self._stream is None:
+            self.reset()
+        if self._stream.finished:
+            raise StopIteration
+        item = self._stream.get()
+        if isinstance(item, _End):
+            self._end_of_epoch(self._stream.epoch, item)
+            raise StopIteration
+        data, label, pad = item
+        return mx.io.DataBatch(
+            data=[mx.nd.array(data)],
+            label=[mx.nd.array(label)],
+            pad=pad,
+            provide_data=self.provide_data,
+            provide_label=self.provide_label,
+        )
+
+    def _end_of_epoch(self, epoch: int, end: _End) -> None:
+        path = self.source.fifo(epoch)
+        if end.count == 0:
+            raise ClientError(
+                f"Pipe mode: {path} delivered no record (channel {self.source.name!r}, epoch "
+                f"{epoch}). Check the channel's S3 data (S3Uri, manifest) is not empty."
+            )
+        logger.info(
+            "Pipe %s: %d examples in %.2f s (%.0f examples/s)",
+            path,
+            end.count,
+            end.seconds,
+            end.count / max(end.seconds, 1e-9),
+        )
+        if epoch == 0:
+            self._check_first_pass(path, end.count)
+
+    def _check_first_pass(self, path: Path, count: int) -> None:
+        if count < self.min_count:
+            raise ClientError(
+                f"Pipe mode: {path} delivered {count} examples, fewer than mini_batch_size="
+                f"{self.min_count}. Add images or lower mini_batch_size."
+            )
+        if self.expected_count is not None and count != self.expected_count:
+            logger.warning(
+                "num_training_samples=%d but the train channel's pipe delivered %d examples: the "
+                "learning-rate schedule follows num_training_samples. Set it to %d to silence "
+                "this warning.",
+                self.expected_count,
+                count,
+                count,
+            )
+        if self.source.log_weights:
+            log_positive_weights(self.source.positive_weights(), f"the first pass of {path}")
+
+    def transform(self, example: Example, seed: int) -> np.ndarray:
+        """Decode, then augment (or centre-crop) one example, as ImageRecordIter would."""
+        channels, height, width = self.image_shape
+        try:
+            image = decode_image(example.image, channels, example.where)
+        except ClientError:
+            raise ClientError(
+                f"{example.where}: the image cannot be decoded (empty, truncated or not an "
+                f"image). {self.source.decode_hint}"
+            ) from None
+        rng = np.random.default_rng(seed)
+        return augment_image(image, self.augment, (height, width), rng, example.where)
+
+
+class _EpochStream:
+    """One epoch of a PipeBatches: a producer thread and the bounded queue of its batches."""
+
+    def __init__(self, batches: PipeBatches, epoch: int, seed: int) -> None:
+        self.batches = batches
+        self.epoch = epoch
+        self.rng = np.random.default_rng(seed)
+        self.queue: queue.Queue = queue.Queue(PREFETCH_BATCHES)
+        self.stopped = threading.Event()
+        self.finished = False
+        name = f"imgcls-pipe-{batches.source.name}-{epoch}"
+        threading.Thread(target=self._produce, name=name, daemon=True).start()
+
+    def get(self) -> Any:
+        """The next batch, or _End once the epoch is over; raises the producer's errors."""
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            self.finished = True
+            raise item
+        self.finished = isinstance(item, _End)
+        return item
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _produce(self) -> None:
+        started = time.perf_counter()
+        try:
+            count = 0
+            for chunk in self._chunks():
+                count += len(chunk)
+                self._put(self._batch(chunk))
+            self._put(_End(count, time.perf_counter() - started))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            self._put(exc)
+
+    def _put(self, item: Any) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.queue.put(item, timeout=PUT_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+
+    def _chunks(self) -> Iterator[list[Example]]:
+        examples = self.batches.source.examples(self.epoch)
+        if self.batches.shuffle:
+            examples = _shuffled(examples, SHUFFLE_BUFFER, self.rng)
+        chunk: list[Example] = []
+        for example in examples:
+            if self.stopped.is_set():
+                return
+            chunk.append(example)
+            if len(chunk) == self.batches.batch_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def _batch(self, chunk: list[Example]) -> tuple[np.ndarray, np.ndarray, int]:
+        seeds = self.rng.integers(2**32, size=len(chunk))
+        images = list(_decode_pool().map(self.batches.transform, chunk, seeds))
+        size = self.batches.batch_size
+        rows = [i % len(chunk) for i in range(size)]
+        labels = np.stack([chunk[i].label for i in rows])
+        if not self.batches.source.multi_label:
+            labels = labels[:, 0]
+        return to_network_input([images[i] for i in rows]), labels, size - len(chunk)
+
+
+def _shuffled(
+    examples: Iterator[Example], capacity: int, rng: np.random.Generator
+) -> Iterator[Example]:
+    """A bounded shuffle: each example waits in a buffer of `capacity` for a random turn."""
+    buffer: list[Example] = []
+    for example in examples:
+        if len(buffer) < capacity:
+            buffer.append(example)
+            continue
+        index = int(rng.integers(capacity))
+        yield buffer[index]
+        buffer[index] = example
+    for index in rng.permutation(len(buffer)):
+        yield buffer[index]
