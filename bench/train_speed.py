@@ -2,6 +2,7 @@
 
 Same network, batch and in-memory data, measured side by side in one run:
     python bench/train_speed.py [--batches N]
+Each loop runs `--rounds` times, alternating, and its best run counts (the machine is noisy).
 Prints images/s of each and the ratio (target: imgcls >= 0.9x the bare loop), and the images/s
 that MXNet's ImageRecordIter delivers from a RecordIO file with the training augmentation (it
 must exceed what training consumes).
@@ -113,14 +114,20 @@ def pipeline_speed(shape, batch, count) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", type=int, default=20, help="timed batches per loop")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternating runs of each loop; the best counts"
+    )
     args = parser.parse_args()
     print(f"cores={len(os.sched_getaffinity(0))} OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
     header = f"{'case':<28}{'bare img/s':>12}{'imgcls img/s':>14}{'ratio':>8}{'input img/s':>13}"
     print(header)
     for num_layers, shape, batch in CASES:
-        iterator = in_memory_batches(shape, batch, args.batches + WARMUP)
-        bare = bare_loop(num_layers, shape, batch, iterator)
-        ours = imgcls_loop(num_layers, shape, batch, in_memory_batches(shape, batch, args.batches))
+        bare, ours = 0.0, 0.0
+        for _ in range(args.rounds):
+            iterator = in_memory_batches(shape, batch, args.batches + WARMUP)
+            bare = max(bare, bare_loop(num_layers, shape, batch, iterator))
+            timed = in_memory_batches(shape, batch, args.batches)
+            ours = max(ours, imgcls_loop(num_layers, shape, batch, timed))
         feed = pipeline_speed(shape, batch, batch * args.batches)
         case = f"ResNet-{num_layers} {'x'.join(map(str, shape))} b{batch}"
         print(f"{case:<28}{bare:>12.1f}{ours:>14.1f}{ours / bare:>8.2f}{feed:>13.0f}")
