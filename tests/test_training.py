@@ -79,18 +79,24 @@ def test_checkpoint_frequency_keeps_periodic_epochs_in_model_dir(make_job) -> No
 
 
 def test_early_stopping_stops_when_validation_accuracy_stalls(make_job) -> None:
+    # learning_rate=0 freezes the weights (BatchNorm statistics still move a little), and a 50%
+    # relative tolerance leaves at most a couple of "improvements" from chance level.
     job = tiny_job(
         make_job,
-        epochs="10",
+        epochs="12",
         learning_rate="0",
         early_stopping="True",
         early_stopping_min_epochs="2",
         early_stopping_patience="2",
+        early_stopping_tolerance="0.5",
     )
     result = job.train()
     assert result.returncode == 0, result.stdout + result.stderr
-    assert len(VALIDATION_ACCURACY.findall(result.stdout)) == 3
-    assert "Early stopping after epoch 2" in result.stdout
+    epochs_run = len(VALIDATION_ACCURACY.findall(result.stdout))
+    assert 3 <= epochs_run < 12
+    assert f"Early stopping after epoch {epochs_run - 1}: no improvement for 2 epochs" in (
+        result.stdout
+    )
 
 
 def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(make_job) -> None:

@@ -93,9 +93,9 @@ class PipeSource:
     multi_label: bool
     log_weights: bool = False
     wait_seconds: float = PIPE_WAIT_SECONDS
-    epochs_opened: int = 0
-    first_pass_count: int = 0
-    class_counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    epochs_opened: int = field(default=0, init=False)
+    first_pass_count: int = field(default=0, init=False)
+    class_counts: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.class_counts = np.zeros(self.num_classes, dtype=np.int64)
@@ -167,8 +167,7 @@ class PipeBatches(mx.io.DataIter):
         self.min_count = min_count
         self.expected_count = expected_count
         self.rng = np.random.default_rng(seed)
-        width = source.num_classes if source.multi_label else 1
-        label_shape = (batch_size, width) if source.multi_label else (batch_size,)
+        label_shape = (batch_size, source.num_classes) if source.multi_label else (batch_size,)
         self.provide_data = [mx.io.DataDesc("data", (batch_size, *image_shape))]
         self.provide_label = [mx.io.DataDesc("softmax_label", label_shape)]
         self._stream: _EpochStream | None = None
