@@ -4,6 +4,8 @@
    the scikit-learn package: nothing is downloaded).
 2. Packs them with MXNet's own tools/im2rec.py into train and validation RecordIO files.
 3. Lays out a SageMaker-style base folder (input/config, input/data) and runs `scripts/train`.
+4. Starts `scripts/serve` on 127.0.0.1, waits for /ping, and scores validation images through
+   POST /invocations, as a SageMaker endpoint would be called.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -70,6 +75,58 @@ def lay_out_job(base: Path, prefix: Path, num_training_samples: int) -> None:
         shutil.move(f"{prefix}_{split}.rec", folder / f"digits_{split}.rec")
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_ping(url: str, server: subprocess.Popen, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with code {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError("the server did not answer /ping in time")
+
+
+def invoke(url: str, image: Path) -> list[float]:
+    request = urllib.request.Request(
+        f"{url}/invocations", data=image.read_bytes(), headers={"Content-Type": "image/png"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def score_with_server(base: Path, images: Path, listing: Path, count: int = 40) -> None:
+    """Serve the trained model and score `count` validation images over HTTP."""
+    port = free_port()
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port)}
+    server = subprocess.Popen(
+        [str(ROOT / "scripts" / "serve"), "--host", "127.0.0.1"],
+        env={**env, "SAGEMAKER_MODEL_SERVER_WORKERS": "1"},
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_ping(url, server)
+        rows = [line.split("\t") for line in listing.read_text().splitlines()][:count]
+        correct = 0
+        for _, label, path in rows:
+            probabilities = invoke(url, images / path)
+            predicted = int(np.argmax(probabilities))
+            correct += predicted == int(float(label))
+        print(f"Served model on {url}: {correct}/{len(rows)} validation digits scored correctly")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 def main() -> int:
     shutil.rmtree(WORK, ignore_errors=True)
     images, base = WORK / "images", WORK / "opt_ml"
@@ -85,6 +142,7 @@ def main() -> int:
         print((base / "output" / "failure").read_text(), file=sys.stderr)
         return train.returncode
     print(f"Model: {sorted(p.name for p in (base / 'model').iterdir())}")
+    score_with_server(base, images, Path(f"{prefix}_val.lst"))
     return 0
 
 

@@ -1,0 +1,100 @@
+"""Tiny exported models and encoded images for the serving and batch-scoring tests."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+from pathlib import Path
+
+import cv2
+import mxnet as mx
+import numpy as np
+from PIL import Image
+
+from imgcls.artifacts import export_model, load_model
+from imgcls.networks import build_network
+from imgcls.preprocess import prepare
+
+# Loopback only: boto3 must neither find real credentials nor ask an instance metadata service.
+FAKE_AWS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+
+
+def export_tiny_model(
+    model_dir: Path,
+    image_shape: tuple[int, int, int] = (3, 16, 16),
+    num_classes: int = 3,
+    multi_label: bool = False,
+    seed: int = 0,
+    epoch: int = 1,
+) -> Path:
+    """A ResNet-20 exported with the project's code; random BatchNorm statistics make its
+    outputs depend clearly on the input."""
+    mx.random.seed(seed)
+    net = build_network(20, num_classes, image_shape)
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, *image_shape)))
+    rng = np.random.default_rng(seed)
+    for name, param in net.collect_params().items():
+        if name.endswith(("running_mean", "running_var", "gamma", "beta")):
+            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)))
+    metadata = {"num_layers": 20, "num_classes": num_classes}
+    return export_model(net, model_dir, epoch, image_shape, multi_label, metadata)
+
+
+def random_image(seed: int, height: int = 20, width: int = 24, channels: int = 3) -> np.ndarray:
+    """An HxWxC uint8 image (RGB order) of blocky noise, which survives JPEG well enough."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (height // 4, width // 4, channels), dtype=np.uint8)
+    return cv2.resize(small, (width, height), interpolation=cv2.INTER_NEAREST).reshape(
+        height, width, channels
+    )
+
+
+def _bgr(image: np.ndarray) -> np.ndarray:
+    """OpenCV's channel order for an RGB or RGBA image; grey stays grey."""
+    codes = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}
+    channels = image.shape[2] if image.ndim == 3 else 1
+    return cv2.cvtColor(image, codes[channels]) if channels in codes else image
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """PNG of an RGB, RGBA or grey image, 8- or 16-bit."""
+    return cv2.imencode(".png", _bgr(image))[1].tobytes()
+
+
+def encode_jpeg(image: np.ndarray) -> bytes:
+    return cv2.imencode(".jpg", _bgr(image), [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes()
+
+
+def encode_cmyk_jpeg(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).convert("CMYK").save(buffer, "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+class Direct:
+    """Predictions straight from `load_model` + `prepare`: what every served answer must equal."""
+
+    def __init__(self, model_dir: Path):
+        self.model = load_model(model_dir)
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        return self.model.predict(prepare(data, self.model.image_shape))[0]
+
+
+def assert_same(served: list[float], expected: np.ndarray) -> None:
+    np.testing.assert_allclose(np.array(served), expected, rtol=1e-5, atol=1e-6)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
