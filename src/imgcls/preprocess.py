@@ -6,16 +6,22 @@ CMYK JPEGs, 16-bit PNGs and PNGs with alpha all come out as 8-bit RGB (or grey).
 
 from __future__ import annotations
 
+import io
+
 import cv2
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from imgcls.errors import ClientError
+
+MAX_PIXELS = 64_000_000
 
 
 def decode_image(data: bytes, channels: int, where: str = "the image") -> np.ndarray:
     """Decode to HxWxC uint8, RGB for channels=3, grey (HxWx1) for channels=1."""
     if not data:
         raise ClientError(f"{where} is empty: send the bytes of a JPEG or PNG image.")
+    _check_pixel_count(data, where)
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     if image is None:
@@ -23,6 +29,22 @@ def decode_image(data: bytes, channels: int, where: str = "the image") -> np.nda
     if channels == 1:
         return image[:, :, np.newaxis]
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _check_pixel_count(data: bytes, where: str) -> None:
+    """Refuse decompression bombs: a small file that would decode to gigabytes of pixels.
+
+    Reads only the header (PIL opens lazily); formats PIL does not know are left to OpenCV.
+    """
+    try:
+        width, height = Image.open(io.BytesIO(data)).size
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
+        return
+    if width * height > MAX_PIXELS:
+        raise ClientError(
+            f"{where} is {width}x{height} pixels, more than the {MAX_PIXELS:,} imgcls decodes. "
+            "Resize it before sending it."
+        )
 
 
 def resize_exact(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +12,7 @@ import mxnet as mx
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from imgcls.data.labels import label_row
 from imgcls.errors import ClientError
 from imgcls.log import logger
 
@@ -48,7 +48,7 @@ def scan_records(
     for path in files:
         for index, header, image in _records(path):
             where = f"{path}, record {index} (id {int(header.id)})"
-            labels = _labels(header, where, num_classes, multi_label)
+            labels = label_row(header.label, where, num_classes, multi_label)
             if multi_label:
                 stats.class_counts += labels.astype(np.int64)
             else:
@@ -90,28 +90,6 @@ def _records(path: Path):
             index += 1
     finally:
         reader.close()
-
-
-def _labels(header: Any, where: str, num_classes: int, multi_label: bool) -> np.ndarray:
-    labels = np.atleast_1d(np.asarray(header.label, dtype=np.float64))
-    width = num_classes if multi_label else 1
-    if labels.size != width:
-        raise ClientError(
-            f"{where}: has {labels.size} label(s), expected {width}"
-            + (" (one multi-hot column per class)" if multi_label else "")
-            + ". Check num_classes and multi_label, or repack the data."
-        )
-    if multi_label:
-        if not np.isin(labels, (0.0, 1.0)).all():
-            raise ClientError(f"{where}: multi-hot labels must be 0 or 1, got {labels.tolist()}.")
-        return labels
-    label = labels[0]
-    if not (label == math.floor(label) and 0 <= label < num_classes):
-        raise ClientError(
-            f"{where}: label {label:g} is outside [0, {num_classes}) or not an integer. "
-            "Labels must be class indices 0..num_classes-1: fix the label or num_classes."
-        )
-    return labels
 
 
 def _image_size(image: bytes, where: str) -> tuple[int, int]:
