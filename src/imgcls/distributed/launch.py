@@ -26,6 +26,9 @@ GRACE_SECONDS = 10.0
 PR_SET_PDEATHSIG = 1
 WORKER_ENV = "IMGCLS_WORKER_OF"
 HOST_INDEX_ENV = "IMGCLS_HOST_INDEX"
+# One OpenMP thread for the scheduler and server: with as many threads as cores they fight the
+# worker's threads, and MXNet's OpenMP slows down several-fold when cores are oversubscribed.
+ROLE_THREADS = "1"
 
 
 def is_worker_process() -> bool:
@@ -81,7 +84,8 @@ def start_roles(cluster: Cluster) -> HostProcesses:
     roles = ["scheduler", "server"] if cluster.is_leader else ["server"]
     for role in roles:
         command = [sys.executable, "-c", "import mxnet"]
-        processes.roles[role] = _spawn(f"ps-lite {role}", command, cluster.role_env(role))
+        env = {**cluster.role_env(role), "OMP_NUM_THREADS": ROLE_THREADS}
+        processes.roles[role] = _spawn(f"ps-lite {role}", command, env)
     return processes
 
 
