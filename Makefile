@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench readme clean
 
 $(PYTHON):
 	python3 -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# Regenerate the README's hyperparameter table from the schema (tests/test_readme.py checks it).
+readme: $(STAMP)
+	$(PYTHON) tests/test_readme.py
 
 bench: $(STAMP)
 	$(PYTHON) bench/train_speed.py

@@ -101,6 +101,9 @@ def export_model(
         raise ValueError(f"metadata lacks {sorted(missing)}")
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
+    # BatchNorm's running statistics are written by the backward pass without the engine
+    # blocking the Python thread: wait for them, or the file gets the previous step's values.
+    mx.nd.waitall()
     wrapper = inference_network(net, multi_label)
     params = wrapper.collect_params()
     ctx = next(iter(params.values())).list_ctx()[0]

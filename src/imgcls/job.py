@@ -59,6 +59,7 @@ def run_training(paths: Paths, dry_run: bool = False) -> int:
     from imgcls.data.sources import load_channels
 
     config = load_job_config(paths)
+    _check_pretrained_weights(config)
     if config.resources.is_distributed and not dry_run and not is_worker_process():
         return _launch_host(config)
     data = load_channels(paths, config.channels, config.hp)
@@ -71,6 +72,15 @@ def run_training(paths: Paths, dry_run: bool = False) -> int:
 
     train(paths, config, data)
     return 0
+
+
+def _check_pretrained_weights(config: JobConfig) -> None:
+    """Fail before reading any data when use_pretrained_model=1 has no weights file here."""
+    if config.hp.use_pretrained_model and "model" not in config.channels:
+        from imgcls.environment import pretrained_dir_from_env
+        from imgcls.pretrained import weights_file
+
+        weights_file(config.hp.num_layers, pretrained_dir_from_env())
 
 
 def _launch_host(config: JobConfig) -> int:

@@ -3,17 +3,18 @@
 The files are the Gluon model zoo's own ResNet v2 weights, under the model zoo's own names
 (`resnet18_v2-a81db45f.params`: the name, then the first 8 hex digits of the file's SHA-1), as
 listed in MXNet 1.9.1's `mxnet/gluon/model_zoo/model_store.py`. The image downloads them when it is
-built; `python -m imgcls.pretrained` prints the `URL SHA-1 FILE` lines that build step reads.
+built; `python -m imgcls.pretrained [DEPTH ...]` prints the `URL SHA-1 FILE` lines that build
+step reads with only this file and errors.py: other imports wait until weights are loaded.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from imgcls.environment import pretrained_dir_from_env
 from imgcls.errors import ClientError
-from imgcls.log import logger
 
 if TYPE_CHECKING:
     import mxnet as mx
@@ -49,10 +50,9 @@ def download_url(num_layers: int) -> str:
     return f"{ZOO_URL}{file_name(num_layers).removesuffix('.params')}.zip"
 
 
-def manifest() -> str:
-    """One `URL SHA-1 FILE` line per depth with public weights, for the image build."""
-    lines = (f"{download_url(n)} {ZOO_SHA1[n]} {file_name(n)}" for n in ZOO_SHA1)
-    return "\n".join(lines) + "\n"
+def manifest(depths: Iterable[int] = tuple(ZOO_SHA1)) -> str:
+    """One `URL SHA-1 FILE` line per depth (default: every depth with public weights)."""
+    return "".join(f"{download_url(n)} {ZOO_SHA1[n]} {file_name(n)}\n" for n in depths)
 
 
 def _no_public_weights(num_layers: int) -> str:
@@ -70,10 +70,11 @@ def weights_file(num_layers: int, folder: Path) -> Path:
     if not path.is_file():
         raise ClientError(
             f"use_pretrained_model=1 with num_layers={num_layers} needs the ImageNet weights file "
-            f"{path.name} in {folder}, which does not hold it. The imgcls image has these files "
-            f"built in (see the Dockerfile); elsewhere, download {download_url(num_layers)} (the "
-            f"Gluon model zoo), unzip it into a folder and set IMGCLS_PRETRAINED_DIR to that "
-            "folder, or train from scratch with use_pretrained_model=0."
+            f"{path.name} in {folder}, which does not hold it. Bake it into the image (the "
+            "Dockerfile's PRETRAINED_DEPTHS build argument, every depth by default), or download "
+            f"{download_url(num_layers)} (the Gluon model zoo), unzip it into a folder and set "
+            "IMGCLS_PRETRAINED_DIR to that folder; or train from scratch with "
+            "use_pretrained_model=0."
         )
     return path
 
@@ -91,6 +92,8 @@ def load_imagenet_features(
     """
     from mxnet.base import MXNetError
 
+    from imgcls.environment import pretrained_dir_from_env
+    from imgcls.log import logger
     from imgcls.networks import load_pretrained_features
 
     folder = pretrained_dir_from_env() if folder is None else folder
@@ -110,4 +113,4 @@ def load_imagenet_features(
 
 
 if __name__ == "__main__":
-    print(manifest(), end="")
+    print(manifest([int(d) for d in sys.argv[1:]] or ZOO_SHA1), end="")

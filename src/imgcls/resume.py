@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import mxnet as mx
 from mxnet import gluon
 
 from imgcls.errors import ClientError
@@ -48,6 +49,7 @@ class ResumeState:
 
     def save(self, net: gluon.Block, trainer: gluon.Trainer, progress: dict[str, Any]) -> None:
         """Write params and optimizer state first, the JSON last: it is the commit point."""
+        mx.nd.waitall()
         self.folder.mkdir(parents=True, exist_ok=True)
         _atomic(self.folder / STATE_PARAMS, net.save_parameters)
         if self.optimizer_states:
