@@ -130,7 +130,7 @@ def test_mean_average_precision_matches_scikit_learn() -> None:
     rng = np.random.default_rng(0)
     truth = rng.random((300, 5)) < 0.3
     logits = rng.normal(size=(300, 5)) + 1.5 * truth
-    metric, accuracy = MeanAveragePrecision(), MultiLabelAccuracy()
+    metric, accuracy = MeanAveragePrecision(5), MultiLabelAccuracy()
     for start in range(0, 300, 64):
         labels, preds = (
             [mx.nd.array(truth[start : start + 64])],
@@ -142,6 +142,19 @@ def test_mean_average_precision_matches_scikit_learn() -> None:
     assert metric.get() == ("mean_average_precision", pytest.approx(expected, abs=0.005))
     per_class = ((logits > 0) == truth).mean(axis=0)
     assert accuracy.get() == ("accuracy", pytest.approx(per_class.mean()))
+
+
+def test_mean_average_precision_of_summed_counters_equals_the_whole() -> None:
+    """Hosts of a multi-host job sum counters(); the result must be the whole data's mAP."""
+    rng = np.random.default_rng(1)
+    truth = rng.random((200, 4)) < 0.4
+    logits = rng.normal(size=(200, 4)) + truth
+    whole, first, second = (MeanAveragePrecision(4) for _ in range(3))
+    whole.update([mx.nd.array(truth)], [mx.nd.array(logits)])
+    first.update([mx.nd.array(truth[:120])], [mx.nd.array(logits[:120])])
+    second.update([mx.nd.array(truth[120:])], [mx.nd.array(logits[120:])])
+    first.set_counters(first.counters() + second.counters())
+    assert first.get() == whole.get()
 
 
 def test_weighted_loss_weighs_each_class_positives_by_its_rarity() -> None:

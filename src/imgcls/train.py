@@ -169,7 +169,7 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
         fit(
             learner,
             train_iter(data["train"], hp, hp.mini_batch_size, *parts),
-            lambda: classification_metrics(hp.top_k, hp.multi_label),
+            lambda: classification_metrics(hp.top_k, hp.multi_label, hp.num_classes),
             hooks,
             range(first_epoch, hp.epochs),
             stop,

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import mxnet as mx
+import numpy as np
 
 from imgcls.distributed.coordinator import Collective
 from imgcls.distributed.launch import HOST_INDEX_ENV, WORKER_ENV
@@ -50,12 +51,15 @@ def worker_context(environ: Mapping[str, str] = os.environ) -> WorkerContext | N
 
 
 def aggregate_metrics(metric: mx.metric.EvalMetric, collective: Collective) -> None:
-    """Sum every metric's counters over all workers, in place."""
+    """Sum every metric's counters over all workers, in place (also a metric's own
+    `counters()`, such as mean average precision's per-class histograms)."""
     children = metric.metrics if isinstance(metric, mx.metric.CompositeEvalMetric) else [metric]
-    local = [value for child in children for value in (child.sum_metric, child.num_inst)]
-    total = collective.allreduce(local)
-    for index, child in enumerate(children):
-        child.sum_metric, child.num_inst = total[2 * index], int(total[2 * index + 1])
+    for child in children:
+        extra = child.counters() if hasattr(child, "counters") else np.zeros(0)
+        total = collective.allreduce([child.sum_metric, child.num_inst, *extra.tolist()])
+        child.sum_metric, child.num_inst = total[0], int(total[1])
+        if extra.size:
+            child.set_counters(np.asarray(total[2:]))
 
 
 def parameters_digest(net: mx.gluon.Block) -> str:
