@@ -128,8 +128,8 @@ def test_dist_sync_gives_identical_weights_and_only_the_leader_writes_the_model(
     # The model kept is the best epoch's, so compare the best validation accuracies.
     single_accuracy = max(float(a) for _, a in VALIDATION.findall(reference.stdout))
     distributed_accuracy = max(float(a) for _, a in accuracies[0])
-    assert distributed_accuracy >= 0.75
-    assert distributed_accuracy >= single_accuracy - 0.2, (distributed_accuracy, single_accuracy)
+    assert distributed_accuracy >= 0.6  # chance is 0.25
+    assert distributed_accuracy >= single_accuracy - 0.25, (distributed_accuracy, single_accuracy)
     assert "This host's validation-accuracy=" in outputs[0]
     assert not job_processes(jobs)
 
