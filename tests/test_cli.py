@@ -1,0 +1,73 @@
+"""scripts/train --dry-run and `imgcls hyperparameters`, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import TINY_HYPERPARAMETERS, balanced_labels
+
+from imgcls.cli import main
+
+
+def test_dry_run_accepts_a_valid_job_and_summarises_it(make_job) -> None:
+    job = make_job()
+    job.hyperparameters(TINY_HYPERPARAMETERS)
+    job.rec_channel("train", balanced_labels(64, 4))
+    result = job.train("--dry-run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Dry run: the configuration is valid." in result.stdout
+    assert "Channel 'train': application/x-recordio, File mode" in result.stdout
+    assert "1 file(s), 64 images" in result.stdout
+    assert not job.model_dir.exists()
+
+
+def test_dry_run_writes_every_violation_to_the_failure_file(make_job) -> None:
+    job = make_job()
+    job.hyperparameters(
+        {
+            **TINY_HYPERPARAMETERS,
+            "epochs": "0",
+            "optimizer": "sgdd",
+            "learning_rate": "2",
+            "mini_batch_sise": "8",
+            "sagemaker_program": "ignored",
+        }
+    )
+    job.rec_channel("train", balanced_labels(64, 4))
+    result = job.train("--dry-run")
+    assert result.returncode == 1
+    failure = job.failure
+    assert failure.startswith("ClientError: 4 invalid hyperparameter(s):")
+    for name, value in [("epochs", "'0'"), ("optimizer", "'sgdd'"), ("learning_rate", "'2'")]:
+        assert name in failure and value in failure
+    assert "did you mean 'mini_batch_size'" in failure
+    assert "sagemaker_program" not in failure
+    assert failure in result.stdout  # the same text in the log
+
+
+def test_malformed_hyperparameters_file_is_named_with_its_position(make_job) -> None:
+    job = make_job()
+    (job.config / "hyperparameters.json").write_text('{"num_classes": "4",\n"epochs": }')
+    job.rec_channel("train", balanced_labels(64, 4))
+    result = job.train("--dry-run")
+    assert result.returncode == 1
+    assert job.failure.startswith("ClientError: ")
+    assert "hyperparameters.json is not valid JSON" in job.failure and "line 2" in job.failure
+
+
+def test_missing_config_folder_fails_with_the_fix(tmp_path) -> None:
+    from conftest import run_script
+
+    result = run_script("train", tmp_path, "--dry-run")
+    assert result.returncode == 1
+    failure = (tmp_path / "output" / "failure").read_text()
+    assert "config folder" in failure and "SAGEMAKER_BASE_DIR" in failure
+
+
+def test_hyperparameters_command_prints_the_table_and_the_schema(capsys) -> None:
+    assert main(["hyperparameters"]) == 0
+    table = capsys.readouterr().out
+    assert "| num_classes |" in table and "| early_stopping_tolerance |" in table
+    assert main(["hyperparameters", "--json-schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert set(schema["required"]) == {"num_classes", "num_training_samples"}
