@@ -55,10 +55,6 @@ class Paths:
         return self.base / "output"
 
     @property
-    def output_data_dir(self) -> Path:
-        return self.output_dir / "data"
-
-    @property
     def failure_file(self) -> Path:
         return self.output_dir / "failure"
 
