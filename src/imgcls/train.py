@@ -42,11 +42,6 @@ def devices(num_gpus: int) -> list[mx.Context]:
     return [mx.gpu(i) for i in range(num_gpus)] or [mx.cpu()]
 
 
-def model_metadata(hp) -> dict:
-    """What imgcls-model.json records: the hyperparameters the model was trained with."""
-    return hp.as_dict()
-
-
 def build_learner(
     hp,
     contexts: list[mx.Context],
@@ -103,6 +98,7 @@ def update_batch(mini_batch_size: int, worker: WorkerContext | None) -> int:
 def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None:
     """Train, keep the model/ files the checkpoint policy asks for, and pack model.tar.gz."""
     hp = config.hp
+    settings = hp.as_dict()
     worker = worker_context()
     contexts = devices(mx.context.num_gpus())
     model_channel = config.channels.get("model")
@@ -113,7 +109,7 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
     writes_model = worker is None or worker.is_leader
     checkpoints = ModelCheckpoints(
         export=lambda epoch: artifacts.export_model(
-            learner.net, paths.model_dir, epoch, hp.image_shape, hp.multi_label, model_metadata(hp)
+            learner.net, paths.model_dir, epoch, hp.image_shape, hp.multi_label, settings
         ),
         remove=lambda epoch: artifacts.remove_params(paths.model_dir, epoch),
         frequency=hp.checkpoint_frequency,
@@ -126,7 +122,7 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
         if hp.early_stopping
         else None
     )
-    fingerprint = {key: hp.as_dict()[key] for key in FINGERPRINT_KEYS}
+    fingerprint = {key: settings[key] for key in FINGERPRINT_KEYS}
     resume = ResumeState(
         paths.checkpoints_dir, paths.model_dir, fingerprint, optimizer_states=worker is None
     )
