@@ -43,14 +43,14 @@ RUN uv python install --no-bin "${PYTHON_VERSION}"; \
     uv venv --python "${PYTHON_VERSION}" "${VIRTUAL_ENV}"
 
 # ImageNet weights for use_pretrained_model=1, from the Gluon model zoo, checked against its
-# SHA-1s. imgcls/pretrained.py names the files; it needs nothing but itself and errors.py here.
+# SHA-1s. imgcls/model/pretrained.py names the files; it imports nothing but errors.py here.
 FROM python AS weights
 ARG PRETRAINED_DEPTHS="18 34 50 101 152"
 SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
 WORKDIR /opt/imgcls/pretrained
-COPY src/imgcls/__init__.py src/imgcls/errors.py src/imgcls/pretrained.py /tmp/src/imgcls/
+COPY src/imgcls /tmp/src/imgcls
 RUN if [ -n "${PRETRAINED_DEPTHS}" ]; then \
-      PYTHONPATH=/tmp/src "${VIRTUAL_ENV}/bin/python" -m imgcls.pretrained ${PRETRAINED_DEPTHS} > /tmp/manifest; \
+      PYTHONPATH=/tmp/src "${VIRTUAL_ENV}/bin/python" -m imgcls.model.pretrained ${PRETRAINED_DEPTHS} > /tmp/manifest; \
     else \
       : > /tmp/manifest; \
     fi; \
@@ -62,8 +62,7 @@ RUN if [ -n "${PRETRAINED_DEPTHS}" ]; then \
     done < /tmp/manifest
 
 # The dependencies, pinned by pyproject.toml alone. The GPU variant swaps the mxnet distribution
-# for mxnet-cu117 at the same version (one line rewritten, checked). gluoncv needs opencv-python,
-# whose cv2 needs X11/OpenGL libraries: the image keeps the headless build of the same release.
+# for mxnet-cu117 at the same version (one line rewritten, checked).
 # imgcls itself is not installed here but copied to /opt/imgcls/src, which a .pth file adds to
 # the environment's path (scripts/train and scripts/serve also find it next to themselves).
 FROM python AS deps
@@ -73,8 +72,6 @@ COPY pyproject.toml ./
 RUN "${VIRTUAL_ENV}/bin/python" -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"], sep="\n")' | sed "s/^mxnet==/${IMGCLS_MXNET}==/" > requirements.txt; \
     grep -q "^${IMGCLS_MXNET}==" requirements.txt; \
     uv pip install -r requirements.txt; \
-    uv pip uninstall opencv-python; \
-    uv pip install --no-deps --reinstall "$(grep '^opencv-python-headless==' requirements.txt)"; \
     echo /opt/imgcls/src > "${VIRTUAL_ENV}/lib/python3.11/site-packages/imgcls.pth"
 
 FROM system AS runtime

@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 from mxnet import autograd, gluon  # noqa: E402
 
-from imgcls.networks import build_network  # noqa: E402
+from imgcls.model.networks import build_network  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN_SCRIPT = ROOT / "scripts" / "train"

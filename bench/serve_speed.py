@@ -30,8 +30,8 @@ import mxnet as mx
 import numpy as np
 import requests
 
-from imgcls.artifacts import PREFIX, export_model
-from imgcls.networks import build_network
+from imgcls.model.artifact import PREFIX, export_model
+from imgcls.model.networks import build_network
 
 ROOT = Path(__file__).resolve().parent.parent
 # (num_layers, image_shape, num_classes, side of the square JPEG that is sent)

@@ -22,12 +22,12 @@ import mxnet as mx
 import numpy as np
 from mxnet import autograd, gluon
 
-from imgcls.callbacks import classification_metrics
+from imgcls.config.hyperparameters import parse_hyperparameters
 from imgcls.data.recordio import record_iter
-from imgcls.fit import StopRequest, train_one_epoch
-from imgcls.hyperparameters import parse_hyperparameters
-from imgcls.networks import build_network
-from imgcls.train import build_learner
+from imgcls.model.networks import build_network
+from imgcls.training.loop import StopRequest, train_one_epoch
+from imgcls.training.metrics import classification_metrics
+from imgcls.training.session import build_learner
 
 CASES = [(20, (3, 32, 32), 128), (18, (3, 112, 112), 64)]
 WARMUP = 3

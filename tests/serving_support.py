@@ -12,9 +12,10 @@ import mxnet as mx
 import numpy as np
 from PIL import Image
 
-from imgcls.artifacts import export_model, load_model
-from imgcls.networks import build_network
-from imgcls.preprocess import prepare
+from imgcls.data.preprocess import prepare
+from imgcls.model.artifact import export_model
+from imgcls.model.inference import load_model
+from imgcls.model.networks import build_network
 
 # Loopback only: boto3 must neither find real credentials nor ask an instance metadata service.
 FAKE_AWS = {

@@ -8,22 +8,22 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from imgcls import artifacts
-from imgcls.artifacts import (
+from imgcls.config.hyperparameters.table import LARGE_IMAGE_DEPTHS, SMALL_IMAGE_DEPTHS
+from imgcls.errors import ClientError
+from imgcls.model import artifact
+from imgcls.model.archive import pack_model, safe_extract
+from imgcls.model.artifact import (
     METADATA_FILE,
     PREFIX,
     SHAPES_FILE,
     SYMBOL_FILE,
     export_model,
     list_params_epochs,
-    load_model,
     load_training_weights,
-    pack_model,
     remove_params,
-    safe_extract,
 )
-from imgcls.errors import ClientError
-from imgcls.networks import LARGE_DEPTHS, SMALL_DEPTHS, build_network, inference_network
+from imgcls.model.inference import load_model
+from imgcls.model.networks import build_network, inference_network
 
 SHAPE = (3, 8, 8)
 CLASSES = 4
@@ -358,11 +358,11 @@ def test_incremental_training_refuses_weights_of_another_network(tmp_path, net):
         load_training_weights(build_network(20, CLASSES, SHAPE), tmp_path, HYPERPARAMETERS)
 
 
-@pytest.mark.parametrize("num_layers", LARGE_DEPTHS + SMALL_DEPTHS)
+@pytest.mark.parametrize("num_layers", LARGE_IMAGE_DEPTHS + SMALL_IMAGE_DEPTHS)
 def test_architecture_is_recognised_from_parameter_shapes(num_layers):
     net = build_network(num_layers, 7, (3, 32, 32))
     sym = net(mx.sym.var("data"))
     arg_shapes, _, aux_shapes = sym.infer_shape(data=(1, 3, 32, 32))
     args = dict(zip(sym.list_arguments(), arg_shapes, strict=True))
     shapes = [shape for name, shape in args.items() if name != "data"] + aux_shapes
-    assert artifacts._architecture(shapes, Path("x")) == (num_layers, 7)
+    assert artifact._architecture(shapes, Path("x")) == (num_layers, 7)

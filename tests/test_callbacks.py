@@ -3,14 +3,11 @@
 import mxnet as mx
 import pytest
 
-from imgcls.callbacks import (
-    EarlyStopping,
-    ModelCheckpoints,
-    lr_scheduler,
-    optimizer_params,
-    updates_per_epoch,
-)
-from imgcls.hyperparameters import parse_hyperparameters
+from imgcls.config.hyperparameters import parse_hyperparameters
+from imgcls.training.checkpoints import ModelCheckpoints
+from imgcls.training.early_stopping import EarlyStopping
+from imgcls.training.optimizer import optimizer_params
+from imgcls.training.schedule import lr_scheduler, updates_per_epoch
 
 REQUIRED = {"num_classes": "4", "num_training_samples": "100"}
 

@@ -2,8 +2,8 @@
 
 import pytest
 
-from imgcls.data.channels import discover_channels
-from imgcls.environment import paths_from_env, read_input_data_config
+from imgcls.config.channels import discover_channels
+from imgcls.config.environment import paths_from_env, read_input_data_config
 from imgcls.errors import ClientError
 
 

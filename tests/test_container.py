@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY_HYPERPARAMETERS, Job, balanced_labels
 
-from imgcls import pretrained
-from imgcls.environment import DEFAULT_PRETRAINED_DIR
+from imgcls.config.environment import DEFAULT_PRETRAINED_DIR
+from imgcls.model import pretrained
 
 DOCKERFILE = ROOT / "Dockerfile"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -110,9 +110,9 @@ def test_weights_stage_fills_the_default_pretrained_folder(tmp_path) -> None:
     destination = tmp_path / files[-1].lstrip("/")
     destination.mkdir(parents=True)
     for source in files[:-1]:
-        shutil.copy(ROOT / source, destination)
+        shutil.copytree(ROOT / source, destination, dirs_exist_ok=True)
     manifest = subprocess.run(
-        [sys.executable, "-S", "-m", "imgcls.pretrained", "18", "152"],
+        [sys.executable, "-S", "-m", "imgcls.model.pretrained", "18", "152"],
         env={"PYTHONPATH": str(destination.parent), "PATH": os.environ["PATH"]},
         cwd=tmp_path,
         capture_output=True,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from imgcls.environment import (
+from imgcls.config.environment import (
     ChannelConfig,
     paths_from_env,
     read_hyperparameters,

@@ -11,20 +11,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from imgcls.errors import ClientError, HyperparameterError
-from imgcls.hyperparameters import (
+from imgcls.config.hyperparameters import (
     PARAMS,
     Hyperparameters,
     Kind,
     Param,
     RunContext,
-    _to_float,
     json_schema,
     markdown_table,
     parse_hyperparameters,
     valid_values,
     wire_form,
 )
+from imgcls.config.hyperparameters.values import _to_float
+from imgcls.errors import ClientError, HyperparameterError
 
 NAMES = [p.name for p in PARAMS]
 REQUIRED = {"num_classes": "10", "num_training_samples": "1000"}

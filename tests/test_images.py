@@ -15,8 +15,8 @@ from conftest import TINY_HYPERPARAMETERS, pattern_image
 from data_support import class_folders, im2rec_list, write_image
 
 from imgcls.cli import main
-from imgcls.data.images import pack_images
-from imgcls.preprocess import decode_image
+from imgcls.data.packing import pack_images
+from imgcls.data.preprocess import decode_image
 
 VALIDATION_ACCURACY = re.compile(r"Epoch\[\d+\] Validation-accuracy=([0-9.]+)")
 PACKED = re.compile(r"Packed (\d+) images listed in (\S+) into RecordIO in .* images/s.*: (\S+)$")

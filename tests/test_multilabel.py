@@ -15,9 +15,10 @@ import pytest
 from conftest import TINY_HYPERPARAMETERS
 from data_support import PlatformPipe, im2rec, manifest_stream, multi_pattern_image, write_image
 
-from imgcls.callbacks import MeanAveragePrecision, MultiLabelAccuracy, loss_function
 from imgcls.data.labels import positive_weights
-from imgcls.preprocess import prepare
+from imgcls.data.preprocess import prepare
+from imgcls.training.loss import loss_function
+from imgcls.training.metrics import MeanAveragePrecision, MultiLabelAccuracy
 
 CLASS_RATES = (0.5, 0.3, 0.15, 0.4)
 MEAN_ACCURACY = 0.9

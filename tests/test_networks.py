@@ -5,11 +5,10 @@ from mxnet import autograd, gluon
 from mxnet.gluon import nn
 from mxnet.gluon.model_zoo.vision.resnet import BasicBlockV2, BottleneckV2, get_resnet
 
-from imgcls.networks import (
-    LARGE_DEPTHS,
+from imgcls.config.hyperparameters.table import LARGE_IMAGE_DEPTHS, SMALL_IMAGE_DEPTHS
+from imgcls.model.networks import (
     RGB_MEAN,
     RGB_STD,
-    SMALL_DEPTHS,
     build_network,
     inference_network,
     load_pretrained_features,
@@ -33,7 +32,7 @@ def _stages(backbone: gluon.HybridBlock) -> list[nn.HybridSequential]:
     return [layer for layer in backbone.features if isinstance(layer, nn.HybridSequential)]
 
 
-@pytest.mark.parametrize("num_layers", LARGE_DEPTHS + SMALL_DEPTHS)
+@pytest.mark.parametrize("num_layers", LARGE_IMAGE_DEPTHS + SMALL_IMAGE_DEPTHS)
 def test_every_depth_gives_one_logit_per_class(num_layers):
     net = build_network(num_layers, NUM_CLASSES, (3, 8, 8))
     net.initialize(mx.init.Xavier())
@@ -84,7 +83,7 @@ def test_large_depths_stack_units_per_stage(num_layers, block, units):
     assert all(isinstance(unit, block) for stage in stages for unit in stage)
 
 
-@pytest.mark.parametrize("num_layers", SMALL_DEPTHS)
+@pytest.mark.parametrize("num_layers", SMALL_IMAGE_DEPTHS)
 def test_small_depths_are_cifar_resnets(num_layers):
     net = _initialised(num_layers, (3, 8, 8))
     stages = _stages(net.backbone)

@@ -15,18 +15,12 @@ import pytest
 from conftest import TINY_HYPERPARAMETERS, balanced_labels, pattern_image, write_rec
 from data_support import PlatformPipe, manifest_stream, recordio_bytes
 
-from imgcls.augment import train_augmenter_args, validation_augmenter_args
-from imgcls.data.augmenter import augment_image
-from imgcls.data.examples import recordio_examples
+from imgcls.data.augmentation import train_augmenter_args, validation_augmenter_args
 from imgcls.data.labels import text_label_row
-from imgcls.data.pipe import (
-    PREFETCH_BATCHES,
-    SHUFFLE_BUFFER,
-    PipeBatches,
-    PipeSource,
-    read_records,
-    wait_for_pipe,
-)
+from imgcls.data.pipe.batches import PREFETCH_BATCHES, SHUFFLE_BUFFER, PipeBatches
+from imgcls.data.pipe.examples import recordio_examples
+from imgcls.data.pipe.fifo import PipeSource, read_records, wait_for_pipe
+from imgcls.data.pipe.image_aug_default import augment_image
 from imgcls.errors import ClientError
 
 VALIDATION_ACCURACY = re.compile(r"Epoch\[\d+\] Validation-accuracy=([0-9.]+)")

@@ -5,8 +5,8 @@ import io
 import pytest
 from PIL import Image
 
+from imgcls.data.preprocess import MAX_PIXELS, decode_image
 from imgcls.errors import ClientError
-from imgcls.preprocess import MAX_PIXELS, decode_image
 
 
 def test_decompression_bomb_is_refused_before_decoding() -> None:

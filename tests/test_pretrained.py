@@ -16,12 +16,12 @@ from conftest import balanced_labels, pattern_image
 from mxnet import autograd, gluon
 from mxnet.gluon.model_zoo import model_store
 
-from imgcls import pretrained
+from imgcls.config.hyperparameters import parse_hyperparameters
 from imgcls.errors import ClientError
-from imgcls.fit import train_step
-from imgcls.hyperparameters import parse_hyperparameters
-from imgcls.networks import build_network
-from imgcls.train import build_learner
+from imgcls.model import pretrained
+from imgcls.model.networks import build_network
+from imgcls.training.loop import train_step
+from imgcls.training.session import build_learner
 
 SIDE = 224
 CLASSES = 4

@@ -27,10 +27,10 @@ from serving_support import (
     random_image,
 )
 
-from imgcls.artifacts import pack_model
-from imgcls.environment import ServingSettings, serving_settings_from_env
+from imgcls.config.serving import ServingSettings, serving_settings_from_env
+from imgcls.data.preprocess import decode_image
 from imgcls.errors import ClientError
-from imgcls.preprocess import decode_image
+from imgcls.model.archive import pack_model
 from imgcls.serving.app import HttpError, ServingApp, negotiate
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,6 +9,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from imgcls.system import cpu_count
+
 
 def configure_threads(environ: dict[str, str] = os.environ) -> None:  # type: ignore[assignment]
     """Use every core this process may run on, before MXNet loads.
@@ -16,15 +18,15 @@ def configure_threads(environ: dict[str, str] = os.environ) -> None:  # type: ig
     MXNet's default OpenMP setting uses half the cores on x86, which halves training speed
     on small machines (see README, performance). An explicit OMP_NUM_THREADS wins.
     """
-    environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    environ.setdefault("OMP_NUM_THREADS", str(cpu_count()))
 
 
 def _train(args: argparse.Namespace) -> int:
     configure_threads()
-    from imgcls.environment import paths_from_env
+    from imgcls.config.environment import paths_from_env
     from imgcls.failure import report_failure
-    from imgcls.job import run_training
     from imgcls.log import setup_logging
+    from imgcls.training.job import run_training
 
     setup_logging()
     paths = paths_from_env()
@@ -37,7 +39,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     """The model server; each of its workers gets an equal share of the cores."""
-    from imgcls.environment import paths_from_env, serving_settings_from_env
+    from imgcls.config.environment import paths_from_env
+    from imgcls.config.serving import serving_settings_from_env
     from imgcls.errors import ClientError
     from imgcls.failure import failure_text
     from imgcls.log import logger, setup_logging
@@ -48,7 +51,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ClientError as exc:
         logger.error(failure_text(exc))
         return 1
-    cores = len(os.sched_getaffinity(0))
+    cores = cpu_count()
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // settings.workers)))
     from imgcls.serving.server import run_server
 
@@ -58,7 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def _serve_batch(args: argparse.Namespace) -> int:
     configure_threads()
-    from imgcls.environment import paths_from_env
+    from imgcls.config.environment import paths_from_env
     from imgcls.errors import ImgclsError
     from imgcls.failure import failure_text
     from imgcls.log import logger, setup_logging
@@ -114,7 +117,7 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
 
 
 def _hyperparameters(args: argparse.Namespace) -> int:
-    from imgcls.hyperparameters import json_schema, markdown_table
+    from imgcls.config.hyperparameters import json_schema, markdown_table
 
     if args.json_schema:
         print(json.dumps(json_schema(), indent=2))

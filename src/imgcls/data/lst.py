@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.data.channels import Channel
+from imgcls.config.channels import Channel
 from imgcls.data.labels import label_row
 from imgcls.errors import ClientError
 

@@ -10,12 +10,12 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
-from imgcls.environment import ServingSettings
+from imgcls.config.content_types import IMAGE_CONTENT_TYPES
+from imgcls.config.serving import ServingSettings
 from imgcls.errors import ClientError
 from imgcls.log import logger
 from imgcls.serving.predictor import JSON, JSONLINES, Predictor, encode, load_predictor
 
-IMAGE_TYPES = ("image/jpeg", "image/png", "application/x-image")
 _WILDCARDS = ("*/*", "application/*")
 
 
@@ -150,11 +150,11 @@ class ServingApp:
         predictor = self._loaded_predictor()
         self._check_length(environ.get("CONTENT_LENGTH") or "")
         kind = media_type(environ.get("CONTENT_TYPE", ""))
-        if kind not in IMAGE_TYPES:
+        if kind not in IMAGE_CONTENT_TYPES:
             raise HttpError(
                 415,
                 f"unsupported content type {kind or '(none)'!r}: send one image as "
-                + ", ".join(IMAGE_TYPES),
+                + ", ".join(IMAGE_CONTENT_TYPES),
             )
         answer_type = negotiate(environ.get("HTTP_ACCEPT", ""))
         data = environ["wsgi.input"].read(self.settings.max_payload_bytes + 1)

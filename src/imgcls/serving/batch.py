@@ -7,9 +7,7 @@ a re-run skips the images whose output exists.
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -26,6 +24,7 @@ from tqdm import tqdm
 from imgcls.errors import ClientError
 from imgcls.log import logger
 from imgcls.serving.predictor import JSON, Predictor, encode, load_predictor
+from imgcls.system import atomic_write_bytes
 
 OUTPUT_SUFFIX = ".out"
 
@@ -63,14 +62,7 @@ class LocalStore:
     def write(self, key: str, data: bytes) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as tmp:
-                tmp.write(data)
-            os.chmod(name, 0o644)
-            os.replace(name, path)
-        finally:
-            Path(name).unlink(missing_ok=True)
+        atomic_write_bytes(path, data)
 
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()

@@ -9,8 +9,8 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 
-from imgcls.artifacts import LoadedModel, load_model
-from imgcls.preprocess import prepare
+from imgcls.data.preprocess import prepare
+from imgcls.model.inference import LoadedModel, load_model
 
 JSON = "application/json"
 JSONLINES = "application/jsonlines"

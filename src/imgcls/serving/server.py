@@ -10,7 +10,7 @@ from typing import Any
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
 
-from imgcls.environment import ServingSettings
+from imgcls.config.serving import ServingSettings
 from imgcls.errors import ImgclsError
 from imgcls.failure import failure_text
 from imgcls.log import DATE_FORMAT, LOG_FORMAT, logger

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 import mxnet as mx
 import numpy as np
 
-from imgcls.distributed.coordinator import Collective
-from imgcls.distributed.launch import HOST_INDEX_ENV, WORKER_ENV
+from imgcls.training.distributed.coordinator import Collective
+from imgcls.training.distributed.launch import HOST_INDEX_ENV, WORKER_ENV
 
 CONNECT_TIMEOUT_SECONDS = 120.0
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from imgcls.config.content_types import media_type
 from imgcls.errors import ClientError
 
 DEFAULT_BASE_DIR = "/opt/ml"
@@ -107,9 +108,7 @@ class ChannelConfig:
     @property
     def media_type(self) -> str | None:
         """The content type without parameters such as `; label-format=class-id`, lower case."""
-        if self.content_type is None:
-            return None
-        return self.content_type.split(";", 1)[0].strip().lower()
+        return media_type(self.content_type)
 
     @property
     def content_type_params(self) -> dict[str, str]:
@@ -234,69 +233,4 @@ def read_resource_config(paths: Paths) -> ResourceConfig:
         current_host=current,
         hosts=tuple(hosts),
         network_interface_name=raw.get("network_interface_name", "eth0"),
-    )
-
-
-BATCH_STRATEGIES = ("SINGLE_RECORD", "MULTI_RECORD")
-
-
-@dataclass(frozen=True)
-class ServingSettings:
-    """The model server's settings: SageMaker's `SAGEMAKER_*` serving variables."""
-
-    port: int = 8080
-    workers: int = 1
-    timeout: int = 60
-    max_payload_mb: int = 6
-    batch: bool = False
-    max_concurrent_transforms: int = 1
-    batch_strategy: str = "SINGLE_RECORD"
-
-    @property
-    def max_payload_bytes(self) -> int:
-        return self.max_payload_mb * 1024 * 1024
-
-
-def _int_setting(
-    environ: Mapping[str, str], name: str, default: int, high: int | None = None
-) -> int:
-    """The positive integer in `environ[name]` (default when unset or empty), at most `high`."""
-    raw = environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1 or (high is not None and int(raw) > high):
-        bounds = f"between 1 and {high}" if high is not None else "of at least 1"
-        raise ClientError(f"{name} must be an integer {bounds}, got {raw!r}.")
-    return int(raw)
-
-
-def _bool_setting(environ: Mapping[str, str], name: str) -> bool:
-    raw = environ.get(name, "").strip().lower()
-    if raw not in ("", "true", "false"):
-        raise ClientError(f"{name} must be 'true' or 'false', got {environ[name]!r}.")
-    return raw == "true"
-
-
-def serving_settings_from_env(environ: Mapping[str, str] = os.environ) -> ServingSettings:
-    """Serving settings from the environment; ClientError naming the first bad variable.
-
-    Workers default to the cores this process may use; MaxConcurrentTransforms to the workers.
-    """
-    workers = _int_setting(environ, "SAGEMAKER_MODEL_SERVER_WORKERS", len(os.sched_getaffinity(0)))
-    strategy = environ.get("SAGEMAKER_BATCH_STRATEGY", "").strip().upper() or "SINGLE_RECORD"
-    if strategy not in BATCH_STRATEGIES:
-        raise ClientError(
-            f"SAGEMAKER_BATCH_STRATEGY must be one of {', '.join(BATCH_STRATEGIES)}, "
-            f"got {environ['SAGEMAKER_BATCH_STRATEGY']!r}."
-        )
-    return ServingSettings(
-        port=_int_setting(environ, "SAGEMAKER_BIND_TO_PORT", 8080, high=65535),
-        workers=workers,
-        timeout=_int_setting(environ, "SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
-        max_payload_mb=_int_setting(environ, "SAGEMAKER_MAX_PAYLOAD_IN_MB", 6),
-        batch=_bool_setting(environ, "SAGEMAKER_BATCH"),
-        max_concurrent_transforms=_int_setting(
-            environ, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", workers
-        ),
-        batch_strategy=strategy,
     )

@@ -3,7 +3,7 @@
 The files are the Gluon model zoo's own ResNet v2 weights, under the model zoo's own names
 (`resnet18_v2-a81db45f.params`: the name, then the first 8 hex digits of the file's SHA-1), as
 listed in MXNet 1.9.1's `mxnet/gluon/model_zoo/model_store.py`. The image downloads them when it is
-built; `python -m imgcls.pretrained [DEPTH ...]` prints the `URL SHA-1 FILE` lines that build
+built; `python -m imgcls.model.pretrained [DEPTH ...]` prints the `URL SHA-1 FILE` lines that build
 step reads with only this file and errors.py: other imports wait until weights are loaded.
 """
 
@@ -19,7 +19,7 @@ from imgcls.errors import ClientError
 if TYPE_CHECKING:
     import mxnet as mx
 
-    from imgcls.networks import ImageClassifier
+    from imgcls.model.networks import ImageClassifier
 
 # SHA-1 of each model-zoo `resnet{N}_v2` file, from MXNet 1.9.1's model_store._model_sha1.
 ZOO_SHA1 = {
@@ -92,9 +92,9 @@ def load_imagenet_features(
     """
     from mxnet.base import MXNetError
 
-    from imgcls.environment import pretrained_dir_from_env
+    from imgcls.config.environment import pretrained_dir_from_env
     from imgcls.log import logger
-    from imgcls.networks import load_pretrained_features
+    from imgcls.model.networks import load_pretrained_features
 
     folder = pretrained_dir_from_env() if folder is None else folder
     path = weights_file(num_layers, folder)

@@ -13,8 +13,7 @@ from mxnet import gluon
 from mxnet.gluon import nn
 from mxnet.gluon.model_zoo.vision.resnet import BasicBlockV2, BottleneckV2, ResNetV2, resnet_spec
 
-LARGE_DEPTHS = (18, 34, 50, 101, 152, 200)
-SMALL_DEPTHS = (20, 32, 44, 56, 110)
+from imgcls.config.hyperparameters.table import DEPTHS, LARGE_IMAGE_DEPTHS, SMALL_IMAGE_DEPTHS
 
 _LARGE_SPEC = {**resnet_spec, 200: ("bottle_neck", [3, 24, 36, 3], [64, 256, 512, 1024, 2048])}
 _LARGE_BLOCKS = {"basic_block": BasicBlockV2, "bottle_neck": BottleneckV2}
@@ -60,12 +59,12 @@ class CIFARResNetV2(ResNetV2):
 
 def _backbone(num_layers: int, num_classes: int) -> gluon.HybridBlock:
     """The ResNet v2 of that depth, with its `features` and its `output` classifier."""
-    if num_layers in LARGE_DEPTHS:
+    if num_layers in LARGE_IMAGE_DEPTHS:
         block, layers, channels = _LARGE_SPEC[num_layers]
         return ResNetV2(_LARGE_BLOCKS[block], layers, channels, classes=num_classes)
-    if num_layers in SMALL_DEPTHS:
+    if num_layers in SMALL_IMAGE_DEPTHS:
         return CIFARResNetV2(num_layers, num_classes)
-    raise ValueError(f"num_layers must be one of {LARGE_DEPTHS + SMALL_DEPTHS}, got {num_layers}")
+    raise ValueError(f"num_layers must be one of {DEPTHS}, got {num_layers}")
 
 
 def _learn_data_batchnorm_shift(backbone: ResNetV2) -> None:

@@ -6,12 +6,10 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgcls.environment import ChannelConfig, Paths
+from imgcls.config.content_types import IMAGE_CONTENT_TYPES, MODEL, RECORDIO
+from imgcls.config.environment import ChannelConfig, Paths
 from imgcls.errors import ClientError
 
-RECORDIO_TYPE = "application/x-recordio"
-IMAGE_TYPES = ("application/x-image", "image/jpeg", "image/png")
-MODEL_TYPE = "application/x-sagemaker-model"
 DATA_CHANNELS = ("train", "validation")
 KNOWN_CHANNELS = ("train", "validation", "train_lst", "validation_lst", "model")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -30,11 +28,11 @@ class Channel:
 
     @property
     def is_recordio(self) -> bool:
-        return self.config.media_type == RECORDIO_TYPE
+        return self.config.media_type == RECORDIO
 
     @property
     def is_image(self) -> bool:
-        return self.config.media_type in IMAGE_TYPES
+        return self.config.media_type in IMAGE_CONTENT_TYPES
 
     def files(self, suffixes: tuple[str, ...]) -> list[Path]:
         """Files under the channel folder (subfolders too) with one of `suffixes`, sorted."""
@@ -66,8 +64,8 @@ def _guess_configs(paths: Paths) -> dict[str, ChannelConfig]:
 
 def _guessed_type(name: str, image_job: bool) -> str:
     if name == "model":
-        return MODEL_TYPE
-    return IMAGE_TYPES[0] if image_job else RECORDIO_TYPE
+        return MODEL
+    return IMAGE_CONTENT_TYPES[0] if image_job else RECORDIO
 
 
 def _check_channels(paths: Paths, channels: dict[str, Channel]) -> None:
@@ -104,11 +102,11 @@ def _channel_problems(channel: Channel, channels: dict[str, Channel]) -> list[st
 def _content_type_problems(channel: Channel) -> list[str]:
     media = channel.config.media_type
     if channel.name == "model":
-        valid: tuple[str | None, ...] = (MODEL_TYPE, None)
+        valid: tuple[str | None, ...] = (MODEL, None)
     elif channel.name.endswith("_lst"):
-        valid = (*IMAGE_TYPES, None)
+        valid = (*IMAGE_CONTENT_TYPES, None)
     else:
-        valid = (RECORDIO_TYPE, *IMAGE_TYPES)
+        valid = (RECORDIO, *IMAGE_CONTENT_TYPES)
     if media in valid:
         return []
     names = ", ".join(v for v in valid if v)

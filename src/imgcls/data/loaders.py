@@ -15,10 +15,9 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 
-from imgcls.augment import train_augmenter_args, validation_augmenter_args
-from imgcls.data.channels import DATA_CHANNELS, Channel
-from imgcls.data.examples import manifest_examples, recordio_examples
-from imgcls.data.images import pack_images, packing_folder
+from imgcls.config.channels import DATA_CHANNELS, Channel
+from imgcls.config.environment import Paths
+from imgcls.data.augmentation import train_augmenter_args, validation_augmenter_args
 from imgcls.data.labels import (
     LABEL_FORMATS,
     MULTI_HOT,
@@ -26,9 +25,11 @@ from imgcls.data.labels import (
     positive_weights,
 )
 from imgcls.data.lst import find_lst
-from imgcls.data.pipe import PipeBatches, PipeSource
+from imgcls.data.packing import pack_images, packing_folder
+from imgcls.data.pipe.batches import PipeBatches
+from imgcls.data.pipe.examples import manifest_examples, recordio_examples
+from imgcls.data.pipe.fifo import PipeSource
 from imgcls.data.recordio import REC_SUFFIXES, RecordStats, record_iter, scan_records
-from imgcls.environment import Paths
 from imgcls.errors import ClientError
 
 

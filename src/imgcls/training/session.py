@@ -9,30 +9,28 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-from imgcls import artifacts, pretrained
-from imgcls.callbacks import (
-    EarlyStopping,
-    ModelCheckpoints,
-    classification_metrics,
-    loss_function,
-    lr_scheduler,
-    optimizer_params,
-    updates_per_epoch,
-)
-from imgcls.data.sources import ChannelData, train_iter, validation_iter
-from imgcls.distributed.worker import (
+from imgcls.config.environment import Paths, runs_on_managed_platform
+from imgcls.config.hyperparameters import Hyperparameters
+from imgcls.config.job import JobConfig
+from imgcls.data.loaders import ChannelData, train_iter, validation_iter
+from imgcls.errors import TrainingInterrupted
+from imgcls.log import logger
+from imgcls.model import archive, artifact, pretrained
+from imgcls.model.networks import build_network
+from imgcls.training.checkpoints import ModelCheckpoints
+from imgcls.training.distributed.worker import (
     WorkerContext,
     aggregate_metrics,
     parameters_digest,
     worker_context,
 )
-from imgcls.environment import Paths, runs_on_managed_platform
-from imgcls.errors import TrainingInterrupted
-from imgcls.fit import EpochHooks, Learner, StopRequest, fit
-from imgcls.job import JobConfig
-from imgcls.log import logger
-from imgcls.networks import build_network
-from imgcls.resume import ResumeState
+from imgcls.training.early_stopping import EarlyStopping
+from imgcls.training.loop import EpochHooks, Learner, StopRequest, fit
+from imgcls.training.loss import loss_function
+from imgcls.training.metrics import classification_metrics
+from imgcls.training.optimizer import optimizer_params
+from imgcls.training.resume import ResumeState
+from imgcls.training.schedule import lr_scheduler, updates_per_epoch
 
 FINGERPRINT_KEYS = ("num_layers", "num_classes", "image_shape", "multi_label", "optimizer")
 
@@ -43,7 +41,7 @@ def devices(num_gpus: int) -> list[mx.Context]:
 
 
 def build_learner(
-    hp,
+    hp: Hyperparameters,
     contexts: list[mx.Context],
     model_channel: Path | None,
     worker: WorkerContext | None = None,
@@ -54,7 +52,7 @@ def build_learner(
     net = build_network(hp.num_layers, hp.num_classes, hp.image_shape)
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=contexts)
     if model_channel is not None:
-        artifacts.load_training_weights(
+        artifact.load_training_weights(
             net,
             model_channel,
             {
@@ -108,10 +106,10 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
     )
     writes_model = worker is None or worker.is_leader
     checkpoints = ModelCheckpoints(
-        export=lambda epoch: artifacts.export_model(
+        export=lambda epoch: artifact.export_model(
             learner.net, paths.model_dir, epoch, hp.image_shape, hp.multi_label, settings
         ),
-        remove=lambda epoch: artifacts.remove_params(paths.model_dir, epoch),
+        remove=lambda epoch: artifact.remove_params(paths.model_dir, epoch),
         frequency=hp.checkpoint_frequency,
         enabled=writes_model,
     )
@@ -183,7 +181,12 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
     _finish(paths, resume, writes_model)
 
 
-def _restore(resume: ResumeState, learner: Learner, checkpoints: ModelCheckpoints, early) -> int:
+def _restore(
+    resume: ResumeState,
+    learner: Learner,
+    checkpoints: ModelCheckpoints,
+    early: EarlyStopping | None,
+) -> int:
     """Continue an interrupted job when checkpoints/ holds its state; the first epoch to run."""
     progress = resume.load(learner.net, learner.trainer, learner.contexts)
     if progress is None:
@@ -199,5 +202,5 @@ def _restore(resume: ResumeState, learner: Learner, checkpoints: ModelCheckpoint
 def _finish(paths: Paths, resume: ResumeState, writes_model: bool) -> None:
     resume.clear()
     if writes_model and not runs_on_managed_platform():
-        artifacts.pack_model(paths.model_dir, paths.local_model_tar)
+        archive.pack_model(paths.model_dir, paths.local_model_tar)
         logger.info("Model archive for local use: %s", paths.local_model_tar)

@@ -16,10 +16,10 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from imgcls.distributed.cluster import Cluster
-from imgcls.distributed.coordinator import Coordinator, Member
 from imgcls.errors import AlgorithmError
 from imgcls.log import logger
+from imgcls.training.distributed.cluster import Cluster
+from imgcls.training.distributed.coordinator import Coordinator, Member
 
 POLL_SECONDS = 0.2
 GRACE_SECONDS = 10.0

@@ -11,7 +11,6 @@ all of them (WebP, for one).
 from __future__ import annotations
 
 import atexit
-import os
 import shutil
 import tempfile
 import time
@@ -27,10 +26,11 @@ import numpy as np
 
 from imgcls.data.labels import count_classes
 from imgcls.data.lst import LstEntry, read_lst
+from imgcls.data.preprocess import decode_image
 from imgcls.data.recordio import RecordStats
 from imgcls.errors import ClientError
 from imgcls.log import logger
-from imgcls.preprocess import decode_image
+from imgcls.system import cpu_count
 
 PASS_THROUGH_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 IN_FLIGHT_PER_WORKER = 16
@@ -51,7 +51,7 @@ def pack_images(
 ) -> RecordStats:
     """Pack the images `lst` lists (paths relative to `root`) into the RecordIO file `out`."""
     entries = read_lst(lst, num_classes, multi_label)
-    workers = len(os.sched_getaffinity(0))
+    workers = cpu_count()
     started = time.perf_counter()
     reencoded = 0
     writer = mx.recordio.MXIndexedRecordIO(str(out.with_suffix(".idx")), str(out), "w")

@@ -1,30 +1,29 @@
-"""The model artifact: export, pack, extract and load. The only module that knows its file names.
+"""The model artifact's files: their names, export, the stored metadata, and weights read back.
 
 A model folder holds `image-classification-symbol.json`, `image-classification-NNNN.params`
 (NNNN = 1-based epoch), `model-shapes.json` and imgcls's `imgcls-model.json`; plain MXNet loads
-it with `mx.model.load_checkpoint` + `mx.mod.Module`, as SageMaker's notebooks do.
+it with `mx.model.load_checkpoint` + `mx.mod.Module`, as SageMaker's notebooks do. This is the
+only module that knows those names; archive.py packs them, inference.py serves them.
 """
 
-import gzip
+from __future__ import annotations
+
 import json
-import os
 import re
-import tarfile
 import tempfile
-import warnings
-import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mxnet as mx
-import numpy as np
 from mxnet import gluon
 
+from imgcls.config.hyperparameters.table import DEPTHS
 from imgcls.errors import ClientError
-from imgcls.networks import LARGE_DEPTHS, SMALL_DEPTHS, inference_network
+from imgcls.model.archive import safe_extract
+from imgcls.model.networks import inference_network
+from imgcls.system import atomic_write
 
 PREFIX = "image-classification"
 SYMBOL_FILE = f"{PREFIX}-symbol.json"
@@ -34,7 +33,6 @@ TARBALL = "model.tar.gz"
 _PARAMS_RE = re.compile(rf"{re.escape(PREFIX)}-(\d{{4,}})\.params")
 _CHECKED = ("num_layers", "image_shape", "num_classes")
 _REQUIRED = (*_CHECKED, "multi_label")
-_REBUILD_HINT = "put the model folder's files at the archive root: tar -czf model.tar.gz -C model ."
 
 
 def params_path(model_dir: Path, epoch: int) -> Path:
@@ -53,23 +51,8 @@ def remove_params(model_dir: Path, epoch: int) -> None:
     params_path(model_dir, epoch).unlink(missing_ok=True)
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Have `write` fill a temporary file beside `path`, then rename it to `path`."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        with tmp.open("rb+") as f:
-            os.fsync(f.fileno())
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _write_json(path: Path, value: Any) -> None:
-    _write_atomically(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
 
 
 def _cpu_arrays(params: gluon.ParameterDict, names: set[str], kind: str) -> dict:
@@ -112,83 +95,16 @@ def export_model(
     arrays = _cpu_arrays(params, set(sym.list_arguments()), "arg")
     arrays |= _cpu_arrays(params, set(sym.list_auxiliary_states()), "aux")
     target = params_path(model_dir, epoch)
-    _write_atomically(model_dir / SYMBOL_FILE, lambda tmp: sym.save(str(tmp)))
-    _write_atomically(target, lambda tmp: mx.nd.save(str(tmp), arrays))
+    atomic_write(model_dir / SYMBOL_FILE, lambda tmp: sym.save(str(tmp)))
+    atomic_write(target, lambda tmp: mx.nd.save(str(tmp), arrays))
     _write_json(model_dir / SHAPES_FILE, [{"name": "data", "shape": [1, *image_shape]}])
     info = {**metadata, "image_shape": list(image_shape), "multi_label": bool(multi_label)}
     _write_json(model_dir / METADATA_FILE, info)
     return target
 
 
-def pack_model(model_dir: Path, tar_path: Path) -> None:
-    """Write `tar_path` (gzip) with `model_dir`'s files at its root, leaving hidden files out."""
-    model_dir, tar_path = Path(model_dir), Path(tar_path)
-    files = sorted(
-        p
-        for p in model_dir.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.resolve() != tar_path.resolve()
-    )
-    tar_path.parent.mkdir(parents=True, exist_ok=True)
-
-    def write(tmp: Path) -> None:
-        with tarfile.open(tmp, "w:gz", compresslevel=6, dereference=True) as tar:
-            for path in files:
-                tar.add(path, arcname=path.name, recursive=False)
-
-    _write_atomically(tar_path, write)
-
-
-def _unsafe_kind(member: tarfile.TarInfo) -> str | None:
-    """What makes `member` unsafe to extract, or None for regular files and folders."""
-    if member.issym():
-        return "symbolic link"
-    if member.islnk():
-        return "hard link"
-    if member.ischr() or member.isblk():
-        return "device"
-    if member.isfifo():
-        return "FIFO"
-    if not (member.isfile() or member.isdir()):
-        return "special file"
-    return None
-
-
-def _check_member(member: tarfile.TarInfo, root: Path, tar_path: Path) -> None:
-    """Raise ClientError unless `member` is a regular file or folder that stays inside `root`."""
-    problem = None
-    if kind := _unsafe_kind(member):
-        problem = f"is a {kind}"
-    elif os.path.isabs(member.name):
-        problem = "has an absolute path"
-    elif not (root / member.name).resolve().is_relative_to(root):
-        problem = "would be written outside the destination folder"
-    if problem:
-        raise ClientError(
-            f"Refusing to extract {tar_path}: member '{member.name}' {problem}. A model archive "
-            f"may only hold regular files and folders; {_REBUILD_HINT}"
-        )
-
-
-def safe_extract(tar_path: Path, dest: Path) -> None:
-    """Extract the gzip tar `tar_path` into `dest`, after checking that every member is safe."""
-    tar_path, dest = Path(tar_path), Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    root = dest.resolve()
-    try:
-        with tarfile.open(tar_path, "r:gz") as tar:
-            members = tar.getmembers()
-            for member in members:
-                _check_member(member, root, tar_path)
-            tar.extractall(root, members=members, filter="data")
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-        raise ClientError(
-            f"Cannot read the model archive {tar_path}: {e}. It must be a gzip-compressed tar; "
-            f"{_REBUILD_HINT}"
-        ) from e
-
-
 @contextmanager
-def _model_folder(source: Path) -> Iterator[Path]:
+def model_folder(source: Path) -> Iterator[Path]:
     """A folder with the model's files: `source` itself, or its tarball extracted to a temp folder.
 
     `source` is a model folder, a folder holding a single `*.tar.gz`, or such a tarball.
@@ -221,7 +137,7 @@ def _read_json(path: Path) -> Any:
         ) from e
 
 
-def _latest_params(folder: Path) -> tuple[int, Path]:
+def latest_params(folder: Path) -> tuple[int, Path]:
     """The highest epoch in `folder` and its params file; ClientError if the model is incomplete."""
     if not (folder / SYMBOL_FILE).is_file():
         raise ClientError(
@@ -237,7 +153,7 @@ def _latest_params(folder: Path) -> tuple[int, Path]:
     return epochs[-1], params_path(folder, epochs[-1])
 
 
-def _reason(error: Exception) -> str:
+def reason(error: Exception) -> str:
     """The last line of an error message (MXNet's carry a C++ traceback first)."""
     lines = str(error).strip().splitlines()
     return lines[-1] if lines else type(error).__name__
@@ -247,7 +163,7 @@ def _load_arrays(path: Path) -> dict[str, mx.nd.NDArray]:
     try:
         return mx.nd.load(str(path))
     except mx.MXNetError as e:
-        raise ClientError(f"Cannot read the model weights {path}: {_reason(e)}") from e
+        raise ClientError(f"Cannot read the model weights {path}: {reason(e)}") from e
 
 
 def _image_shape(folder: Path) -> tuple[int, int, int]:
@@ -274,7 +190,7 @@ def _architecture(shapes: list[tuple[int, ...]], where: Path) -> tuple[int, int]
     convs = [s for s in shapes if len(s) == 4]
     spatial = sum(1 for s in convs if s[2:] != (1, 1))
     depth = 3 * spatial - 1 if len(convs) - spatial > 4 else spatial + 1
-    if len(dense) != 1 or depth not in LARGE_DEPTHS + SMALL_DEPTHS:
+    if len(dense) != 1 or depth not in DEPTHS:
         raise ClientError(
             f"Cannot recognise the network in {where}: it is not a ResNet of a supported depth."
         )
@@ -294,7 +210,7 @@ def _coerced(info: dict) -> dict:
     return {key: _CASTS.get(key, lambda v: v)(value) for key, value in info.items()}
 
 
-def _stored_info(folder: Path, params: Path) -> dict:
+def stored_info(folder: Path, params: Path) -> dict:
     """The model's hyperparameters: imgcls-model.json, or inferred (e.g. built-in models)."""
     if not (folder / METADATA_FILE).exists():
         shapes = [a.shape for a in _load_arrays(params).values()]
@@ -314,55 +230,6 @@ def _stored_info(folder: Path, params: Path) -> dict:
         raise ClientError(
             f"{METADATA_FILE} in {folder} is not valid ({e}): it must hold {list(_REQUIRED)}."
         ) from e
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A model ready for inference: `predict` maps 0–255 NCHW pixels to probabilities."""
-
-    block: gluon.SymbolBlock
-    image_shape: tuple[int, int, int]
-    num_classes: int
-    multi_label: bool
-    epoch: int
-    metadata: dict
-    ctx: mx.Context = field(default_factory=mx.cpu)
-
-    def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Per-class probabilities, shape (N, num_classes), of a float32 (N, C, H, W) batch."""
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != self.image_shape:
-            raise ValueError(f"expected a (N, {self.image_shape}) batch, got {batch.shape}")
-        data = mx.nd.array(batch, ctx=self.ctx, dtype="float32")
-        return self.block(data).asnumpy()
-
-
-def load_model(model_dir: Path, ctx: mx.Context | None = None) -> LoadedModel:
-    """Load the highest-epoch model of `model_dir` (a model folder, or one holding model.tar.gz)."""
-    ctx = ctx or mx.cpu()
-    with _model_folder(model_dir) as folder:
-        epoch, params = _latest_params(folder)
-        info = _stored_info(folder, params)
-        try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "Cannot decide type", UserWarning)
-                block = gluon.SymbolBlock.imports(
-                    str(folder / SYMBOL_FILE), ["data"], str(params), ctx
-                )
-        except (mx.MXNetError, AssertionError, ValueError) as e:
-            raise ClientError(
-                f"Cannot load the model in {model_dir} ({SYMBOL_FILE}, {params.name}): "
-                f"{_reason(e)}. Re-export the model or restore its files."
-            ) from e
-    block.hybridize(static_alloc=True)
-    return LoadedModel(
-        block=block,
-        image_shape=info["image_shape"],
-        num_classes=info["num_classes"],
-        multi_label=info["multi_label"],
-        epoch=epoch,
-        metadata=info,
-        ctx=ctx,
-    )
 
 
 def _check_matches(stored: dict, expected: dict, where: Path) -> None:
@@ -392,9 +259,9 @@ def load_training_weights(
     `expected` holds the requested num_layers, num_classes (ints) and image_shape (3 ints); each
     must equal the stored model's. The weights go to `ctx` when `net` is not initialised yet.
     """
-    with _model_folder(model_dir_or_tar) as folder:
-        _, params = _latest_params(folder)
-        _check_matches(_stored_info(folder, params), expected, model_dir_or_tar)
+    with model_folder(model_dir_or_tar) as folder:
+        _, params = latest_params(folder)
+        _check_matches(stored_info(folder, params), expected, model_dir_or_tar)
         arrays = _load_arrays(params)
     try:
         net.collect_params().load_dict(arrays, ctx, allow_missing=False, ignore_extra=False)

@@ -7,7 +7,6 @@ restored, so the files kept there so far are snapshotted beside the state.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from mxnet import gluon
 
 from imgcls.errors import ClientError
 from imgcls.log import logger
+from imgcls.system import atomic_write
 
 STATE_JSON = "imgcls-resume.json"
 STATE_PARAMS = "imgcls-resume.params"
@@ -51,12 +51,12 @@ class ResumeState:
         """Write params and optimizer state first, the JSON last: it is the commit point."""
         mx.nd.waitall()
         self.folder.mkdir(parents=True, exist_ok=True)
-        _atomic(self.folder / STATE_PARAMS, net.save_parameters)
+        atomic_write(self.folder / STATE_PARAMS, lambda tmp: net.save_parameters(str(tmp)))
         if self.optimizer_states:
-            _atomic(self.folder / STATE_OPTIMIZER, trainer.save_states)
+            atomic_write(self.folder / STATE_OPTIMIZER, lambda tmp: trainer.save_states(str(tmp)))
         self._snapshot_model_dir()
         state = {"fingerprint": self.fingerprint, "progress": progress}
-        _atomic(self.json_file, lambda path: Path(path).write_text(json.dumps(state, indent=2)))
+        atomic_write(self.json_file, lambda tmp: tmp.write_text(json.dumps(state, indent=2)))
 
     def load(
         self, net: gluon.Block, trainer: gluon.Trainer, contexts: list
@@ -106,10 +106,3 @@ class ResumeState:
         for source in snapshot.iterdir():
             if not (self.model_dir / source.name).exists():
                 shutil.copy2(source, self.model_dir / source.name)
-
-
-def _atomic(path: Path, write) -> None:
-    """Call `write(temporary path)`, then move the result over `path`."""
-    temporary = path.with_name(path.name + ".tmp")
-    write(str(temporary))
-    os.replace(temporary, path)

@@ -1,53 +1,20 @@
-"""A training job from start to end: configuration, validation, data, fit, artifacts."""
+"""A training job from start to end: configuration, data, this host's training or its part
+of a multi-host job, and the dry run's summary."""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from imgcls.data.channels import Channel, discover_channels
-from imgcls.distributed.launch import is_worker_process
-from imgcls.environment import (
-    Paths,
-    ResourceConfig,
-    read_hyperparameters,
-    read_input_data_config,
-    read_resource_config,
-)
-from imgcls.hyperparameters import Hyperparameters, RunContext, parse_hyperparameters
+from imgcls.config.environment import Paths, pretrained_dir_from_env
+from imgcls.config.hyperparameters import Hyperparameters
+from imgcls.config.job import JobConfig, load_job_config
+from imgcls.errors import ClientError
 from imgcls.log import logger
+from imgcls.model.pretrained import weights_file
+from imgcls.training.distributed.launch import is_worker_process
 
-
-@dataclass
-class JobConfig:
-    """Everything a job is configured with, validated."""
-
-    hp: Hyperparameters
-    channels: dict[str, Channel]
-    resources: ResourceConfig
-
-
-def num_gpus() -> int:
-    """GPUs MXNet can use here (0 on the CPU build)."""
-    import mxnet as mx
-
-    return mx.context.num_gpus()
-
-
-def load_job_config(paths: Paths) -> JobConfig:
-    """Read and validate the hyperparameters, channels and hosts; log the final configuration."""
-    raw = read_hyperparameters(paths)
-    resources = read_resource_config(paths)
-    channels = discover_channels(paths, read_input_data_config(paths))
-    context = RunContext(
-        content_types={name: c.config.content_type or "" for name, c in channels.items()},
-        num_gpus=num_gpus(),
-        num_hosts=len(resources.hosts),
-        has_validation="validation" in channels,
-    )
-    hp = parse_hyperparameters(raw, context)
-    logger.info("Final configuration: %s", json.dumps(hp.as_dict()))
-    return JobConfig(hp, channels, resources)
+if TYPE_CHECKING:
+    from imgcls.data.loaders import ChannelData
 
 
 def run_training(paths: Paths, dry_run: bool = False) -> int:
@@ -56,7 +23,7 @@ def run_training(paths: Paths, dry_run: bool = False) -> int:
     On several hosts this process launches the ps-lite roles and a worker, which runs this
     same function again as a worker. Returns the exit code.
     """
-    from imgcls.data.sources import load_channels
+    from imgcls.data.loaders import load_channels
 
     config = load_job_config(paths)
     _check_pretrained_weights(config)
@@ -68,7 +35,7 @@ def run_training(paths: Paths, dry_run: bool = False) -> int:
     if dry_run:
         _log_summary(config, data)
         return 0
-    from imgcls.train import train
+    from imgcls.training.session import train
 
     train(paths, config, data)
     return 0
@@ -77,16 +44,13 @@ def run_training(paths: Paths, dry_run: bool = False) -> int:
 def _check_pretrained_weights(config: JobConfig) -> None:
     """Fail before reading any data when use_pretrained_model=1 has no weights file here."""
     if config.hp.use_pretrained_model and "model" not in config.channels:
-        from imgcls.environment import pretrained_dir_from_env
-        from imgcls.pretrained import weights_file
-
         weights_file(config.hp.num_layers, pretrained_dir_from_env())
 
 
 def _launch_host(config: JobConfig) -> int:
     """This host's part of a multi-host job (kv_store defaults to dist_sync there)."""
-    from imgcls.distributed.cluster import cluster_from
-    from imgcls.distributed.launch import run_host
+    from imgcls.training.distributed.cluster import cluster_from
+    from imgcls.training.distributed.launch import run_host
 
     kv_store = config.hp.kv_store or "dist_sync"
     if config.hp.kv_store is None:
@@ -106,9 +70,7 @@ def _launch_host(config: JobConfig) -> int:
     return run_host(cluster, kv_store)
 
 
-def _check_training_counts(hp: Hyperparameters, train) -> None:
-    from imgcls.errors import ClientError
-
+def _check_training_counts(hp: Hyperparameters, train: ChannelData) -> None:
     if train.count < hp.mini_batch_size:
         raise ClientError(
             f"The train channel ({train.folder}) has {train.count} images, "
@@ -125,7 +87,7 @@ def _check_training_counts(hp: Hyperparameters, train) -> None:
         )
 
 
-def _log_summary(config: JobConfig, data: dict) -> None:
+def _log_summary(config: JobConfig, data: dict[str, ChannelData]) -> None:
     logger.info("Dry run: the configuration is valid.")
     for name, channel in config.channels.items():
         line = (

@@ -8,7 +8,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from imgcls.environment import ResourceConfig
+from imgcls.config.environment import ResourceConfig
 from imgcls.errors import AlgorithmError, ClientError
 from imgcls.log import logger
 

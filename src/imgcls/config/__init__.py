@@ -1,0 +1,1 @@
+"""Configuration: the /opt/ml contract, the job's channels and hyperparameters, serving settings."""

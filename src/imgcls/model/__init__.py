@@ -1,0 +1,1 @@
+"""The model: ResNet networks, pretrained weights, and the artifact (export, archive, load)."""

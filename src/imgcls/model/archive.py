@@ -1,0 +1,82 @@
+"""The model archive: `model.tar.gz` written, and read back with every member checked first."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tarfile
+import zlib
+from pathlib import Path
+
+from imgcls.errors import ClientError
+from imgcls.system import atomic_write
+
+TARBALL = "model.tar.gz"
+REBUILD_HINT = "put the model folder's files at the archive root: tar -czf model.tar.gz -C model ."
+
+
+def pack_model(model_dir: Path, tar_path: Path) -> None:
+    """Write `tar_path` (gzip) with `model_dir`'s files at its root, leaving hidden files out."""
+    model_dir, tar_path = Path(model_dir), Path(tar_path)
+    files = sorted(
+        p
+        for p in model_dir.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.resolve() != tar_path.resolve()
+    )
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(tmp: Path) -> None:
+        with tarfile.open(tmp, "w:gz", compresslevel=6, dereference=True) as tar:
+            for path in files:
+                tar.add(path, arcname=path.name, recursive=False)
+
+    atomic_write(tar_path, write)
+
+
+def _unsafe_kind(member: tarfile.TarInfo) -> str | None:
+    """What makes `member` unsafe to extract, or None for regular files and folders."""
+    if member.issym():
+        return "symbolic link"
+    if member.islnk():
+        return "hard link"
+    if member.ischr() or member.isblk():
+        return "device"
+    if member.isfifo():
+        return "FIFO"
+    if not (member.isfile() or member.isdir()):
+        return "special file"
+    return None
+
+
+def _check_member(member: tarfile.TarInfo, root: Path, tar_path: Path) -> None:
+    """Raise ClientError unless `member` is a regular file or folder that stays inside `root`."""
+    problem = None
+    if kind := _unsafe_kind(member):
+        problem = f"is a {kind}"
+    elif os.path.isabs(member.name):
+        problem = "has an absolute path"
+    elif not (root / member.name).resolve().is_relative_to(root):
+        problem = "would be written outside the destination folder"
+    if problem:
+        raise ClientError(
+            f"Refusing to extract {tar_path}: member '{member.name}' {problem}. A model archive "
+            f"may only hold regular files and folders; {REBUILD_HINT}"
+        )
+
+
+def safe_extract(tar_path: Path, dest: Path) -> None:
+    """Extract the gzip tar `tar_path` into `dest`, after checking that every member is safe."""
+    tar_path, dest = Path(tar_path), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    try:
+        with tarfile.open(tar_path, "r:gz") as tar:
+            members = tar.getmembers()
+            for member in members:
+                _check_member(member, root, tar_path)
+            tar.extractall(root, members=members, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise ClientError(
+            f"Cannot read the model archive {tar_path}: {e}. It must be a gzip-compressed tar; "
+            f"{REBUILD_HINT}"
+        ) from e

@@ -1,0 +1,1 @@
+"""Training: the job, its session on this host, the fit loop and what runs around it."""
