@@ -1,1 +1,1 @@
-"""Data channels and their readers: RecordIO, images with .lst files, Pipe mode streams."""
+"""What a job reads: RecordIO records, images with .lst files, Pipe-mode streams, as batches."""
