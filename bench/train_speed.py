@@ -1,136 +1,192 @@
-"""Training speed: imgcls's fit loop vs a bare hybridized Gluon loop, and the input pipeline.
+"""Training speed end to end: a real `scripts/train` job vs the bare Gluon loop, side by side.
 
-Same network, batch and in-memory data, measured side by side in one run:
-    python bench/train_speed.py [--batches N]
-Each loop runs `--rounds` times, alternating, and its best run counts (the machine is noisy).
-Prints images/s of each and the ratio (target: imgcls >= 0.9x the bare loop), and the images/s
-that MXNet's ImageRecordIter delivers from a RecordIO file with the training augmentation (it
-must exceed what training consumes).
+    python bench/train_speed.py [--rounds 3] [--epochs 2] [--cases r20-28,r20-32,r18-112,r18-224]
+
+Both sides are whole processes over the same RecordIO files (JPEG photos cropped from
+scikit-learn's sample images), with the same threads, batch, network and crop + mirror
+augmentation: imgcls runs its job as a user would (startup scan, decoding, augmentation, step,
+metrics, validation, checkpoint and resume save each epoch); the reference is bench/bare_loop.py
+in both its forms (hybridized static, and not hybridized), of which the faster counts. A process
+ends only when MXNet's engine has finished its work, so both clocks close the same way. The
+order alternates round by round; each figure is the median over rounds [min–max], in training
+images per second of wall-clock time (epochs × images / process seconds).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
-
+import cv2
 import mxnet as mx
 import numpy as np
-from mxnet import autograd, gluon
+from sklearn.datasets import load_sample_images
 
-from imgcls.config.hyperparameters import parse_hyperparameters
-from imgcls.data.recordio import record_iter
-from imgcls.model.networks import build_network
-from imgcls.training.loop import StopRequest, train_one_epoch
-from imgcls.training.metrics import classification_metrics
-from imgcls.training.session import build_learner
-
-CASES = [(20, (3, 32, 32), 128), (18, (3, 112, 112), 64)]
-WARMUP = 3
+ROOT = Path(__file__).resolve().parent.parent
+CLASSES = 10
 
 
-def in_memory_batches(shape, batch, count, classes=10) -> mx.io.DataIter:
-    rng = np.random.default_rng(0)
-    data = rng.uniform(0, 255, (batch * count, *shape)).astype("float32")
-    labels = rng.integers(0, classes, batch * count).astype("float32")
-    return mx.io.NDArrayIter(data, labels, batch_size=batch)
+@dataclass(frozen=True)
+class Case:
+    name: str
+    num_layers: int
+    side: int
+    batch: int
+    images: int
+
+    @property
+    def shape(self) -> str:
+        return f"3,{self.side},{self.side}"
 
 
-def bare_loop(num_layers, shape, batch, iterator) -> float:
-    """The reference: hybridized network, SGD, softmax cross-entropy, nothing else."""
-    net = build_network(num_layers, 10, shape)
-    net.initialize(mx.init.Xavier(), ctx=mx.cpu())
-    net.hybridize(static_alloc=True, static_shape=True)
-    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.01, "momentum": 0.9})
-    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
-    iterator.reset()
-    samples, started = 0, None
-    for index, data_batch in enumerate(iterator):
-        if index == WARMUP:
-            mx.nd.waitall()
-            started = time.perf_counter()
-        with autograd.record():
-            loss = loss_fn(net(data_batch.data[0]), data_batch.label[0])
-        loss.backward()
-        trainer.step(batch)
-        if index >= WARMUP:
-            samples += batch
-    mx.nd.waitall()
-    return samples / (time.perf_counter() - started)
-
-
-def imgcls_loop(num_layers, shape, batch, iterator) -> float:
-    """imgcls's own learner and train_one_epoch, metrics included."""
-    hp = parse_hyperparameters(
-        {
-            "num_classes": "10",
-            "num_training_samples": str(iterator.num_data),
-            "num_layers": str(num_layers),
-            "image_shape": ",".join(map(str, shape)),
-            "mini_batch_size": str(batch),
-            "learning_rate": "0.01",
-        }
+CASES = {
+    case.name: case
+    for case in (
+        Case("r20-28", 20, 28, 128, 6144),
+        Case("r20-32", 20, 32, 128, 6144),
+        Case("r18-112", 18, 112, 64, 768),
+        Case("r18-224", 18, 224, 32, 256),
     )
-    learner = build_learner(hp, [mx.cpu()], None)
-    metrics = classification_metrics(None)
-    warm = in_memory_batches(shape, batch, WARMUP)
-    train_one_epoch(0, learner, warm, metrics, StopRequest())
-    stats = train_one_epoch(1, learner, iterator, metrics, StopRequest())
-    return stats.speed
+}
 
 
-def pipeline_speed(shape, batch, count) -> float:
-    """ImageRecordIter with crop augmentation over JPEGs 1/8 larger than the crop."""
-    side = shape[1] + shape[1] // 8
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "bench.rec"
-        writer = mx.recordio.MXRecordIO(str(path), "w")
-        for index in range(count):
-            image = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
-            header = mx.recordio.IRHeader(0, float(index % 10), index, 0)
-            writer.write(mx.recordio.pack_img(header, image, quality=90, img_fmt=".jpg"))
-        writer.close()
-        iterator = record_iter(
-            [path],
-            image_shape=shape,
-            batch_size=batch,
-            shuffle=True,
-            augment={"rand_crop": True, "rand_mirror": True},
-        )
-        next(iter(iterator))
-        iterator.reset()
-        started, samples = time.perf_counter(), 0
-        for data_batch in iterator:
-            data_batch.data[0].wait_to_read()
-            samples += batch - data_batch.pad
-        return samples / (time.perf_counter() - started)
+def write_records(path: Path, count: int, side: int, seed: int) -> None:
+    """`count` JPEG crops of the sample photos, stored 1/8 larger than the network input."""
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    stored = side + side // 8
+    writer = mx.recordio.MXIndexedRecordIO(str(path.with_suffix(".idx")), str(path), "w")
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        crop = int(rng.integers(stored, min(photo.shape[:2])))
+        y = int(rng.integers(0, photo.shape[0] - crop))
+        x = int(rng.integers(0, photo.shape[1] - crop))
+        image = cv2.resize(photo[y : y + crop, x : x + crop], (stored, stored))
+        header = mx.recordio.IRHeader(0, float(index % CLASSES), index, 0)
+        bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+        writer.write_idx(index, mx.recordio.pack_img(header, bgr, quality=90, img_fmt=".jpg"))
+    writer.close()
+
+
+def imgcls_job(base: Path, case: Case, epochs: int, train: Path, validation: Path) -> list[str]:
+    """A SageMaker-style job folder over the case's files; the command that runs it."""
+    config = base / "input" / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    for channel, source in (("train", train), ("validation", validation)):
+        folder = base / "input" / "data" / channel
+        folder.mkdir(parents=True, exist_ok=True)
+        for suffix in (".rec", ".idx"):
+            target = folder / source.with_suffix(suffix).name
+            if not target.exists():
+                target.symlink_to(source.with_suffix(suffix))
+    hyperparameters = {
+        "num_classes": str(CLASSES),
+        "num_training_samples": str(case.images),
+        "num_layers": str(case.num_layers),
+        "image_shape": case.shape,
+        "mini_batch_size": str(case.batch),
+        "epochs": str(epochs),
+        "learning_rate": "0.01",
+        "augmentation_type": "crop",
+    }
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    return [sys.executable, str(ROOT / "scripts" / "train")]
+
+
+def bare_command(case: Case, epochs: int, train: Path, validation: Path, out: Path, hybrid: bool):
+    command = [
+        sys.executable,
+        str(ROOT / "bench" / "bare_loop.py"),
+        f"--train={train}",
+        f"--validation={validation}",
+        f"--num-layers={case.num_layers}",
+        f"--image-shape={case.shape}",
+        f"--batch={case.batch}",
+        f"--epochs={epochs}",
+        f"--out={out}",
+    ]
+    return command if hybrid else [*command, "--no-hybridize"]
+
+
+def timed(command: list[str], env: dict[str, str]) -> float:
+    """Wall-clock seconds of a whole process; it must succeed."""
+    started = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[1]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def summary(values: list[float]) -> str:
+    return f"{statistics.median(values):8.1f} [{min(values):.1f}–{max(values):.1f}]"
+
+
+def run_case(case: Case, rounds: int, epochs: int, folder: Path, env: dict[str, str]) -> str:
+    train, validation = folder / f"{case.name}-train.rec", folder / f"{case.name}-val.rec"
+    write_records(train, case.images, case.side, seed=0)
+    write_records(validation, max(case.batch, case.images // 8), case.side, seed=1)
+    samples = case.images * epochs
+    speeds: dict[str, list[float]] = {"imgcls": [], "bare hybridized": [], "bare imperative": []}
+    for round_index in range(rounds):
+        runs = {
+            "imgcls": lambda base: imgcls_job(base, case, epochs, train, validation),
+            "bare hybridized": lambda base: bare_command(
+                case, epochs, train, validation, base, True
+            ),
+            "bare imperative": lambda base: bare_command(
+                case, epochs, train, validation, base, False
+            ),
+        }
+        order = list(runs) if round_index % 2 == 0 else list(reversed(runs))
+        for name in order:
+            with tempfile.TemporaryDirectory(dir=folder) as base:
+                job_env = {**env, "SAGEMAKER_BASE_DIR": base}
+                speeds[name].append(samples / timed(runs[name](Path(base)), job_env))
+    best_bare = max(("bare hybridized", "bare imperative"), key=lambda k: np.median(speeds[k]))
+    ratios = [a / b for a, b in zip(speeds["imgcls"], speeds[best_bare], strict=True)]
+    ratio = statistics.median(speeds["imgcls"]) / statistics.median(speeds[best_bare])
+    return (
+        f"{case.name:<9}{summary(speeds['imgcls'])}  {summary(speeds['bare hybridized'])}  "
+        f"{summary(speeds['bare imperative'])}  {ratio:5.2f}x (pairs {min(ratios):.2f}–"
+        f"{max(ratios):.2f}, vs {best_bare})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--batches", type=int, default=20, help="timed batches per loop")
-    parser.add_argument(
-        "--rounds", type=int, default=2, help="alternating runs of each loop; the best counts"
-    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--cases", default=",".join(CASES), help=f"of {', '.join(CASES)}")
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the images")
     args = parser.parse_args()
-    print(f"cores={len(os.sched_getaffinity(0))} OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}")
-    header = f"{'case':<28}{'bare img/s':>12}{'imgcls img/s':>14}{'ratio':>8}{'input img/s':>13}"
-    print(header)
-    for num_layers, shape, batch in CASES:
-        bare, ours = 0.0, 0.0
-        for _ in range(args.rounds):
-            iterator = in_memory_batches(shape, batch, args.batches + WARMUP)
-            bare = max(bare, bare_loop(num_layers, shape, batch, iterator))
-            timed = in_memory_batches(shape, batch, args.batches)
-            ours = max(ours, imgcls_loop(num_layers, shape, batch, timed))
-        feed = pipeline_speed(shape, batch, batch * args.batches)
-        case = f"ResNet-{num_layers} {'x'.join(map(str, shape))} b{batch}"
-        print(f"{case:<28}{bare:>12.1f}{ours:>14.1f}{ours / bare:>8.2f}{feed:>13.0f}")
+    cores = len(os.sched_getaffinity(0))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(cores))}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
+    print(
+        f"cores={cores} OMP_NUM_THREADS={env['OMP_NUM_THREADS']} rounds={args.rounds} "
+        f"epochs={args.epochs}; training images/s, median [min–max]"
+    )
+    print(f"{'case':<9}{'imgcls':>24}  {'bare hybridized':>24}  {'bare imperative':>24}  ratio")
+    with tempfile.TemporaryDirectory(prefix="imgcls-bench-") as folder:
+        for name in args.cases.split(","):
+            case = CASES[name]
+            scaled = Case(
+                case.name,
+                case.num_layers,
+                case.side,
+                case.batch,
+                max(case.batch * 2, int(case.images * args.scale)),
+            )
+            print(run_case(scaled, args.rounds, args.epochs, Path(folder), env), flush=True)
 
 
 if __name__ == "__main__":
