@@ -157,7 +157,7 @@ def _wait_for_peers(coordinator: Coordinator | None) -> None:
 
 def _report_failure(member: Member, code: int) -> None:
     try:
-        member.report("failed", f"its worker exited with code {code}")
+        member.report("failed", reason=f"its worker exited with code {code}")
     except OSError:
         logger.warning("Could not tell the leader host that this worker failed.")
 
