@@ -54,6 +54,15 @@ def exit_status(code: int) -> int:
     return 128 - code if code < 0 else code
 
 
+def _wait(child: subprocess.Popen) -> int:
+    """The child's return code. Ctrl-C reaches the child too (one process group): wait on."""
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            continue
+
+
 def supervise(argv: Sequence[str], failure_file: Path) -> int:
     """Run `imgcls <argv>` in a child; its exit status, or 1 and output/failure when a signal
     ended it."""
@@ -63,7 +72,7 @@ def supervise(argv: Sequence[str], failure_file: Path) -> int:
         preexec_fn=die_with_parent,
     )
     forwarder = SigtermForwarder(lambda: child)
-    code = child.wait()
+    code = _wait(child)
     death = signal_death(code, forwarder.forwarded, "The training process")
     if death is not None:
         return report_failure(death, failure_file)
