@@ -12,9 +12,12 @@ import sys
 import time
 from pathlib import Path
 
+import mxnet as mx
+import numpy as np
 import psutil
 import pytest
 from conftest import SCRIPTS, TINY_HYPERPARAMETERS, Job, balanced_labels
+from serving_support import export_tiny_model
 
 DIGEST = re.compile(r"Final trainable parameters digest: ([0-9a-f]{64})")
 VALIDATION = re.compile(r"Epoch\[(\d+)\] Validation-accuracy=([0-9.]+)")
@@ -132,6 +135,45 @@ def test_dist_sync_gives_identical_weights_and_only_the_leader_writes_the_model(
     assert distributed_accuracy >= single_accuracy - 0.25, (distributed_accuracy, single_accuracy)
     assert "This host's validation-accuracy=" in outputs[0]
     assert not job_processes(jobs)
+
+
+def weight_change(start: Path, model_dir: Path) -> np.ndarray:
+    """The trained parameters (arg:*) of model_dir's first params file minus those of start."""
+    before = mx.nd.load(str(start))
+    after = mx.nd.load(str(sorted(model_dir.glob("*.params"))[0]))
+    names = sorted(name for name in before if name.startswith("arg:"))
+    return np.concatenate([(after[n] - before[n]).asnumpy().ravel() for n in names])
+
+
+def test_one_dist_sync_update_of_two_hosts_equals_one_host_with_the_global_batch(tmp_path) -> None:
+    """Two hosts x 32 samples, one SGD update, against one host x the same 64 samples."""
+    start_model = export_tiny_model(tmp_path / "start", num_classes=4)
+    settings = {
+        "epochs": "1",
+        "num_training_samples": "64",
+        "optimizer": "sgd",
+        "learning_rate": "0.05",
+        "momentum": "0",
+        "weight_decay": "0",
+    }
+    jobs = make_hosts(tmp_path, 2, kv_store="dist_sync", mini_batch_size="32", **settings)
+    single = Job(tmp_path / "single")
+    single.hyperparameters({**TINY_HYPERPARAMETERS, **settings, "mini_batch_size": "64"})
+    single.rec_channel("train", balanced_labels(64, 4), seed=1)
+    for job in [*jobs, single]:
+        (job.data / "model").mkdir()
+        for file in start_model.parent.iterdir():
+            (job.data / "model" / file.name).write_bytes(file.read_bytes())
+    outputs = finish(start(jobs, free_port_pair()))
+    assert len({DIGEST.search(out).group(1) for out in outputs}) == 1, outputs[0][-3000:]
+    reference = single.train()
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    distributed = weight_change(start_model, jobs[0].model_dir)
+    one_host = weight_change(start_model, single.model_dir)
+    ratio = np.linalg.norm(distributed) / np.linalg.norm(one_host)
+    cosine = distributed @ one_host / (np.linalg.norm(distributed) * np.linalg.norm(one_host))
+    assert 0.8 <= ratio <= 1.25, (ratio, cosine)
+    assert cosine >= 0.9, (ratio, cosine)
 
 
 def test_dist_async_completes_and_learns(tmp_path) -> None:

@@ -22,15 +22,21 @@ def configure_threads(environ: dict[str, str] = os.environ) -> None:  # type: ig
 
 
 def _train(args: argparse.Namespace) -> int:
+    """The job runs in a child this process watches (see training/supervisor.py); a dry run
+    and the child itself run it here."""
     configure_threads()
     from imgcls.config.environment import paths_from_env
     from imgcls.failure import report_failure
     from imgcls.log import setup_logging
-    from imgcls.training.job import run_training
+    from imgcls.training.supervisor import is_supervised, supervise
 
     setup_logging()
     paths = paths_from_env()
     paths.failure_file.unlink(missing_ok=True)
+    if not args.dry_run and not is_supervised():
+        return supervise(["train"], paths.failure_file)
+    from imgcls.training.job import run_training
+
     try:
         return run_training(paths, dry_run=args.dry_run)
     except Exception as exc:

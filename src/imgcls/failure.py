@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import signal
 import traceback
 from pathlib import Path
 
-from imgcls.errors import ImgclsError, TrainingInterrupted
+from imgcls.errors import AlgorithmError, ClientError, ImgclsError, TrainingInterrupted
 from imgcls.log import logger
+from imgcls.system import signal_name
+
+MEMORY_ADVICE = "lower mini_batch_size or image_shape, or use an instance type with more memory"
 
 
 def failure_text(exc: BaseException) -> str:
@@ -31,3 +35,20 @@ def report_failure(exc: BaseException, failure_file: Path) -> int:
     except OSError as write_error:
         logger.error("Could not write %s: %s", failure_file, write_error)
     return 1
+
+
+def killed_by_signal(process: str, signum: int) -> ImgclsError:
+    """The failure of `process` ("The training process") when signal `signum` ended it.
+
+    SIGKILL, which a process can neither catch nor report, is what the kernel's out-of-memory
+    killer sends: the user fixes it with a smaller batch or image, so it is a ClientError.
+    """
+    name = signal_name(signum)
+    if signum == signal.SIGKILL:
+        return ClientError(
+            f"{process} was killed by {name}, likely by the out-of-memory killer: training "
+            f"needed more memory than this instance has. To fix it, {MEMORY_ADVICE}."
+        )
+    return AlgorithmError(
+        f"{process} was killed by {name}. If it ran out of memory, {MEMORY_ADVICE}."
+    )

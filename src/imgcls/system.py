@@ -1,11 +1,17 @@
-"""What imgcls asks of the machine: the cores it may use, and files written all or nothing."""
+"""What imgcls asks of the machine: the cores it may use, files written all or nothing, and
+child processes that run this same code and die with their parent."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def cpu_count() -> int:
@@ -36,3 +42,23 @@ def atomic_write(path: Path, write: Callable[[Path], None], mode: int = 0o644) -
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """`atomic_write` of a bytes value."""
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def die_with_parent() -> None:
+    """A child's `preexec_fn`: the kernel SIGKILLs the child when its parent dies."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def child_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment plus `extra`, with the folder holding this imgcls first on
+    PYTHONPATH, so that a child's `python -m imgcls.cli` runs this same code."""
+    path = os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, **extra, "PYTHONPATH": path}
+
+
+def signal_name(signum: int) -> str:
+    """`SIGKILL` for 9; `signal 64` for a number without a name."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

@@ -32,13 +32,17 @@ class StopRequest:
 
 @dataclass
 class Learner:
-    """What a step needs: the network, its trainer and loss, the devices and the precision."""
+    """What a step needs: the network, its trainer and loss, the devices and the precision.
+
+    `hosts_per_update`: how many hosts' batches one update sums (dist_sync: every host's).
+    """
 
     net: gluon.HybridBlock
     trainer: gluon.Trainer
     loss_fn: gluon.loss.Loss
     contexts: list[mx.Context]
     dtype: str = "float32"
+    hosts_per_update: int = 1
 
     def split(self, array: mx.nd.NDArray) -> list[mx.nd.NDArray]:
         """One slice of the batch per device (mini_batch_size / devices each)."""
@@ -61,13 +65,18 @@ class EpochStats:
 
 
 def train_step(learner: Learner, data: mx.nd.NDArray, label: mx.nd.NDArray) -> tuple[list, list]:
-    """Forward and backward on every device, then one optimizer update of the whole batch."""
+    """Forward and backward on every device, then one optimizer update of the whole batch.
+
+    The gradients are normalised by the samples the update sums: with dist_sync the servers
+    add every host's gradients, so that is this batch times the number of hosts (as MXNet's
+    Module does); the first step's value goes to the servers with the optimizer.
+    """
     labels = learner.split(label)
     with autograd.record():
         outputs = learner.forward(data)
         losses = [learner.loss_fn(o, y) for o, y in zip(outputs, labels, strict=True)]
     autograd.backward(losses)
-    learner.trainer.step(data.shape[0])
+    learner.trainer.step(data.shape[0] * learner.hosts_per_update)
     return labels, outputs
 
 

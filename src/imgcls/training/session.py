@@ -83,14 +83,17 @@ def build_learner(
         net.collect_params(), hp.optimizer, optimizer_params(hp, schedule), kvstore=kvstore
     )
     loss = loss_function(hp.multi_label, positive_weights)
-    return Learner(net, trainer, loss, contexts, hp.precision_dtype)
+    return Learner(net, trainer, loss, contexts, hp.precision_dtype, hosts_per_update(worker))
+
+
+def hosts_per_update(worker: WorkerContext | None) -> int:
+    """dist_sync sums every host's batch into one update; dist_async applies each host's alone."""
+    return worker.num_hosts if worker is not None and worker.synchronous else 1
 
 
 def update_batch(mini_batch_size: int, worker: WorkerContext | None) -> int:
-    """Samples per optimizer update: dist_sync sums every worker's batch into one update."""
-    if worker is not None and worker.synchronous:
-        return mini_batch_size * worker.num_hosts
-    return mini_batch_size
+    """Samples per optimizer update."""
+    return mini_batch_size * hosts_per_update(worker)
 
 
 def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None:

@@ -4,29 +4,43 @@ MXNet's kvstore moves the weights; it has no way to sum a few metric counters ac
 or to notice that a host died (its workers then block forever). This channel does both: the
 leader host runs a `Coordinator`; every host's launcher is a `Member` and every worker a
 `Collective` client. A member that vanishes aborts the whole job within `heartbeat_timeout`.
+
+Messages are plain JSON (see messages.py): a connection that sends anything else is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Client, Connection, Listener
 
 from imgcls.errors import AlgorithmError
 from imgcls.log import logger
+from imgcls.training.distributed.messages import (
+    CHUNK_VALUES,
+    CONTROL_MAX_BYTES,
+    Channel,
+    ProtocolError,
+    is_index,
+    numbers,
+)
 
-AUTHKEY = b"imgcls-coordinator"
 HEARTBEAT_SECONDS = 2.0
 CONNECT_PAUSE_SECONDS = 0.5
+HANDSHAKE_SECONDS = 10.0
+REDUCE_OPS = ("sum", "max")
+REASON_MAX_CHARS = 500
 
 
-def connect(address: tuple[str, int], deadline: float) -> Connection:
+def connect(address: tuple[str, int], deadline: float, timeout: float | None = None) -> Channel:
     """Connect to the coordinator, retrying until `deadline` (time.monotonic())."""
     while True:
         try:
-            return Client(address, authkey=AUTHKEY)
-        except (ConnectionRefusedError, FileNotFoundError, OSError) as exc:
+            sock = socket.create_connection(address, timeout=HANDSHAKE_SECONDS)
+            return Channel(sock, timeout)
+        except OSError as exc:
             if time.monotonic() >= deadline:
                 raise AlgorithmError(
                     f"Could not reach the leader host's coordinator at {address[0]}:{address[1]}"
@@ -41,12 +55,12 @@ class Coordinator:
     def __init__(self, port: int, num_hosts: int, heartbeat_timeout: float):
         self.num_hosts = num_hosts
         self.heartbeat_timeout = heartbeat_timeout
-        self.listener = Listener(("0.0.0.0", port), authkey=AUTHKEY)
+        self.listener = socket.create_server(("0.0.0.0", port))
         self.failure: str | None = None
         self.finished: set[int] = set()
         self._lock = threading.Lock()
-        self._members: dict[int, Connection] = {}
-        self._workers: dict[int, Connection] = {}
+        self._members: dict[int, Channel] = {}
+        self._workers: dict[int, Channel] = {}
         self._rounds: dict[int, dict[int, tuple[str, list[float]]]] = {}
 
     def start(self) -> None:
@@ -63,59 +77,87 @@ class Coordinator:
             if self.failure is None and not self.all_finished:
                 self.failure = reason
                 logger.error("Distributed job aborted: %s", reason)
-            connections = [*self._members.values(), *self._workers.values()]
-        for connection in connections:
-            connection.close()
+            channels = [*self._members.values(), *self._workers.values()]
+        for channel in channels:
+            channel.close()
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)
         self.listener.close()
-        for connection in [*self._members.values(), *self._workers.values()]:
-            connection.close()
+        for channel in [*self._members.values(), *self._workers.values()]:
+            channel.close()
 
     def _accept(self) -> None:
         while self.failure is None:
             try:
-                connection = self.listener.accept()
-                kind, index = connection.recv()
-            except (OSError, EOFError):
+                sock, _ = self.listener.accept()
+            except OSError:
                 return
-            target = self._serve_member if kind == "member" else self._serve_worker
+            channel = Channel(sock, HANDSHAKE_SECONDS)
+            threading.Thread(target=self._admit, args=(channel,), daemon=True).start()
+
+    def _admit(self, channel: Channel) -> None:
+        """Read the greeting and serve the connection; refuse anything that is not one."""
+        try:
+            hello = channel.receive(CONTROL_MAX_BYTES)
+            kind, index = hello["type"], hello.get("index")
+            if kind not in ("member", "worker") or not is_index(index, self.num_hosts):
+                raise ProtocolError("did not greet as a member or worker of this job")
             registry = self._members if kind == "member" else self._workers
             with self._lock:
-                registry[index] = connection
-            threading.Thread(target=target, args=(index, connection), daemon=True).start()
+                if index in registry:
+                    raise ProtocolError(f"greeted as {kind} #{index}, which is connected already")
+                registry[index] = channel
+        except (ProtocolError, EOFError, OSError) as exc:
+            refuse(channel, exc)
+            return
+        if kind == "member":
+            self._serve_member(index, channel)
+        else:
+            self._serve_worker(index, channel)
 
     def _beat(self) -> None:
         """Tell every member the leader lives, so a dead leader is noticed without a FIN."""
         while self.failure is None and not self.all_finished:
-            for index, connection in list(self._members.items()):
+            for index, channel in list(self._members.items()):
                 try:
-                    connection.send(("alive",))
+                    channel.send({"type": "alive"})
                 except OSError:
                     if index not in self.finished:
                         self.abort(f"lost contact with host #{index}")
             time.sleep(HEARTBEAT_SECONDS)
 
-    def _serve_member(self, index: int, connection: Connection) -> None:
+    def _serve_member(self, index: int, channel: Channel) -> None:
+        channel.set_timeout(self.heartbeat_timeout)
         while True:
             try:
-                if not connection.poll(self.heartbeat_timeout):
-                    raise TimeoutError
-                message = connection.recv()
-            except (OSError, EOFError, TimeoutError):
+                message = channel.receive(CONTROL_MAX_BYTES)
+                kind = message["type"]
+                if kind not in ("alive", "done", "failed"):
+                    raise ProtocolError(f"sent an unknown message type {kind[:40]!r}")
+            except (OSError, EOFError, ProtocolError) as exc:
+                if isinstance(exc, ProtocolError):
+                    refuse(channel, exc)
                 if index not in self.finished:
                     self.abort(f"host #{index} stopped (no heartbeat, or its process died)")
                 return
-            if message[0] == "done":
+            if kind == "done":
                 self.finished.add(index)
-            elif message[0] == "failed":
-                self.abort(f"host #{index} failed: {message[1]}")
+            elif kind == "failed":
+                reason = str(message.get("reason"))[:REASON_MAX_CHARS]
+                self.abort(f"host #{index} failed: {reason}")
 
-    def _serve_worker(self, index: int, connection: Connection) -> None:
+    def _serve_worker(self, index: int, channel: Channel) -> None:
+        channel.set_timeout(None)
         while True:
             try:
-                _, number, op, values = connection.recv()
+                number, op, values = reduce_request(channel.receive())
             except (OSError, EOFError):
+                return
+            except ProtocolError as exc:
+                refuse(channel, exc)
+                self.abort(f"host #{index}'s worker sent an invalid message ({exc})")
                 return
             self._contribute(index, number, op, values)
 
@@ -126,10 +168,30 @@ class Coordinator:
             if len(contributions) < self.num_hosts:
                 return
             del self._rounds[number]
-            result = _reduce(op, [v for _, v in contributions.values()])
             workers = list(self._workers.values())
-        for connection in workers:
-            connection.send(("result", number, result))
+        if len({(o, len(v)) for o, v in contributions.values()}) > 1:
+            self.abort(f"all-reduce round {number}: the hosts sent different operations or sizes")
+            return
+        result = _reduce(op, [v for _, v in contributions.values()])
+        for channel in workers:
+            try:
+                channel.send({"type": "result", "round": number, "values": result})
+            except OSError:
+                logger.warning("Could not send all-reduce round %d to %s.", number, channel.peer)
+
+
+def refuse(channel: Channel, reason: Exception) -> None:
+    """Log and close a connection that broke the protocol."""
+    logger.warning("Coordinator refused the connection from %s: %s", channel.peer, reason)
+    channel.close()
+
+
+def reduce_request(message: dict) -> tuple[int, str, list[float]]:
+    """(round, op, values) of a worker's reduce message, or ProtocolError."""
+    number, op = message.get("round"), message.get("op")
+    if message["type"] != "reduce" or type(number) is not int or op not in REDUCE_OPS:
+        raise ProtocolError("sent a message that is not a reduce request")
+    return number, op, numbers(message.get("values"))
 
 
 def _reduce(op: str, contributions: list[list[float]]) -> list[float]:
@@ -142,19 +204,18 @@ class Member:
 
     def __init__(self, address: tuple[str, int], index: int, heartbeat_timeout: float):
         self.heartbeat_timeout = heartbeat_timeout
-        self.connection = connect(address, time.monotonic() + heartbeat_timeout)
-        self.connection.send(("member", index))
+        deadline = time.monotonic() + heartbeat_timeout
+        self.channel = connect(address, deadline, heartbeat_timeout)
+        self.channel.send({"type": "member", "index": index})
         self.failure: str | None = None
         self.done = False
-        self._send_lock = threading.Lock()
 
     def start(self) -> None:
         threading.Thread(target=self._beat, daemon=True).start()
         threading.Thread(target=self._listen, daemon=True).start()
 
-    def report(self, *message: object) -> None:
-        with self._send_lock:
-            self.connection.send(message)
+    def report(self, kind: str, **fields: str) -> None:
+        self.channel.send({"type": kind, **fields})
 
     def finish(self) -> None:
         self.done = True
@@ -172,10 +233,9 @@ class Member:
     def _listen(self) -> None:
         while not self.done:
             try:
-                if not self.connection.poll(self.heartbeat_timeout):
-                    raise TimeoutError
-                self.connection.recv()
-            except (OSError, EOFError, TimeoutError):
+                if self.channel.receive(CONTROL_MAX_BYTES)["type"] != "alive":
+                    raise ProtocolError("the leader sent an unknown message")
+            except (OSError, EOFError, ProtocolError):
                 self._fail("the leader host stopped or aborted the job")
                 return
 
@@ -185,20 +245,31 @@ class Member:
 
 
 class Collective:
-    """Runs in each worker: all-reduce of a few numbers across hosts (sum or max)."""
+    """Runs in each worker: all-reduce of numbers across hosts (sum or max)."""
 
     def __init__(self, address: tuple[str, int], index: int, timeout: float):
-        self.connection = connect(address, time.monotonic() + timeout)
-        self.connection.send(("worker", index))
+        self.channel = connect(address, time.monotonic() + timeout)
+        self.channel.send({"type": "worker", "index": index})
         self._round = 0
 
     def allreduce(self, values: list[float], op: str = "sum") -> list[float]:
+        """In rounds of at most CHUNK_VALUES numbers, so that every message stays bounded."""
+        values = [float(v) for v in values]
+        result: list[float] = []
+        for start in range(0, max(1, len(values)), CHUNK_VALUES):
+            result += self._round_trip(values[start : start + CHUNK_VALUES], op)
+        return result
+
+    def _round_trip(self, values: list[float], op: str) -> list[float]:
         self._round += 1
+        request = {"type": "reduce", "round": self._round, "op": op, "values": values}
         try:
-            self.connection.send(("reduce", self._round, op, list(map(float, values))))
-            _, number, result = self.connection.recv()
+            self.channel.send(request)
+            answer = self.channel.receive()
+            if answer["type"] != "result" or answer.get("round") != self._round:
+                raise ProtocolError(f"answered round {answer.get('round')!r}")
+            return numbers(answer.get("values"))
         except (OSError, EOFError):
             raise AlgorithmError("The leader host aborted the job (see its log).") from None
-        if number != self._round:
-            raise AlgorithmError(f"All-reduce round {number} answered for {self._round}.")
-        return result
+        except ProtocolError as exc:
+            raise AlgorithmError(f"All-reduce round {self._round}: the leader {exc}.") from None

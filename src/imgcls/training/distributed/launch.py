@@ -8,9 +8,7 @@ job survives any outcome.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,12 +16,18 @@ from dataclasses import dataclass, field
 
 from imgcls.errors import AlgorithmError
 from imgcls.log import logger
+from imgcls.system import child_env, die_with_parent
 from imgcls.training.distributed.cluster import Cluster
 from imgcls.training.distributed.coordinator import Coordinator, Member
+from imgcls.training.supervisor import (
+    SUPERVISED_ENV,
+    SigtermForwarder,
+    exit_status,
+    signal_death,
+)
 
 POLL_SECONDS = 0.2
 GRACE_SECONDS = 10.0
-PR_SET_PDEATHSIG = 1
 WORKER_ENV = "IMGCLS_WORKER_OF"
 HOST_INDEX_ENV = "IMGCLS_HOST_INDEX"
 # One OpenMP thread for the scheduler and server: with as many threads as cores they fight the
@@ -36,14 +40,9 @@ def is_worker_process() -> bool:
     return bool(os.environ.get(WORKER_ENV))
 
 
-def _die_with_parent() -> None:
-    """Runs in each child before exec: the kernel kills it when the launcher dies."""
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 def _spawn(name: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
     logger.info("Starting %s", name)
-    return subprocess.Popen(command, env={**os.environ, **env}, preexec_fn=_die_with_parent)
+    return subprocess.Popen(command, env=child_env(env), preexec_fn=die_with_parent)
 
 
 @dataclass
@@ -95,6 +94,7 @@ def start_worker(cluster: Cluster, kv_store: str) -> subprocess.Popen:
         **cluster.role_env("worker"),
         WORKER_ENV: kv_store,
         HOST_INDEX_ENV: str(cluster.host_index),
+        SUPERVISED_ENV: "1",
     }
     command = [sys.executable, "-m", "imgcls.cli", "train"]
     return _spawn(f"worker on {cluster.current_host}", command, env)
@@ -116,15 +116,14 @@ def run_host(cluster: Cluster, kv_store: str) -> int:
     )
     member.start()
     processes.worker = start_worker(cluster, kv_store)
-    _forward_sigterm(processes)
+    stop = SigtermForwarder(lambda: processes.worker)
     try:
         code = _watch(processes, member, coordinator)
         if code == 0:
             member.finish()
             _wait_for_peers(coordinator)
-        else:
-            _report_failure(member, code)
-        return code
+            return 0
+        return _worker_failed(cluster, member, code, stop.forwarded)
     finally:
         processes.stop()
         if coordinator is not None:
@@ -132,15 +131,16 @@ def run_host(cluster: Cluster, kv_store: str) -> int:
 
 
 def _watch(processes: HostProcesses, member: Member, coordinator: Coordinator | None) -> int:
-    """Until the worker ends: a dead role, peer or leader fails this host too."""
+    """Until the worker ends: a dead role, peer or leader fails this host too (on the leader,
+    the coordinator's reason first: its abort also cuts the leader's own member)."""
     while True:
         code = processes.worker.poll()
         if code is not None:
             return code
         reason = (
             processes.failed_role()
-            or member.failure
             or (coordinator.failure if coordinator else None)
+            or member.failure
         )
         if reason:
             raise AlgorithmError(f"Distributed training stopped: {reason}.")
@@ -155,18 +155,14 @@ def _wait_for_peers(coordinator: Coordinator | None) -> None:
         time.sleep(POLL_SECONDS)
 
 
-def _report_failure(member: Member, code: int) -> None:
+def _worker_failed(cluster: Cluster, member: Member, code: int, stopping: bool) -> int:
+    """Tell the leader; raise what a signal that ended the worker means, else its exit status."""
+    death = signal_death(code, stopping, f"The training worker on {cluster.current_host}")
+    reason = str(death) if death else f"its worker exited with code {code}"
     try:
-        member.report("failed", f"its worker exited with code {code}")
+        member.report("failed", reason=reason)
     except OSError:
         logger.warning("Could not tell the leader host that this worker failed.")
-
-
-def _forward_sigterm(processes: HostProcesses) -> None:
-    """SageMaker's stop: the worker saves its resumable state, then everything stops."""
-
-    def forward(signum: int, frame: object) -> None:
-        if processes.worker is not None and processes.worker.poll() is None:
-            processes.worker.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, forward)
+    if death is not None:
+        raise death
+    return exit_status(code)

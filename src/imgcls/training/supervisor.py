@@ -1,0 +1,81 @@
+"""`train` runs the job in a child process that it watches.
+
+A process that a signal ends (the out-of-memory killer's SIGKILL) cannot write output/failure
+itself; its parent can. The parent stays small: it never imports MXNet.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from imgcls.errors import ImgclsError
+from imgcls.failure import killed_by_signal, report_failure
+from imgcls.log import logger
+from imgcls.system import child_env, die_with_parent
+
+SUPERVISED_ENV = "IMGCLS_SUPERVISED"
+
+
+def is_supervised(environ: Mapping[str, str] = os.environ) -> bool:
+    """True in a process that a supervising parent (or a host's launcher) watches."""
+    return bool(environ.get(SUPERVISED_ENV))
+
+
+class SigtermForwarder:
+    """Passes SIGTERM (SageMaker's stop) on to the child that `target()` returns."""
+
+    def __init__(self, target: Callable[[], subprocess.Popen | None]):
+        self.target = target
+        self.forwarded = False
+        signal.signal(signal.SIGTERM, self._forward)
+
+    def _forward(self, signum: int, frame: object) -> None:
+        child = self.target()
+        if child is not None and child.poll() is None:
+            self.forwarded = True
+            child.send_signal(signal.SIGTERM)
+
+
+def signal_death(code: int, stopping: bool, process: str) -> ImgclsError | None:
+    """The failure to report when return code `code` says a signal ended `process`; None
+    when it exited, or when SIGTERM ended it during a stop that was asked for."""
+    if code >= 0 or (stopping and code == -signal.SIGTERM):
+        return None
+    return killed_by_signal(process, -code)
+
+
+def exit_status(code: int) -> int:
+    """A child's return code as this process's exit status (a signal N gives 128 + N)."""
+    return 128 - code if code < 0 else code
+
+
+def _wait(child: subprocess.Popen) -> int:
+    """The child's return code. Ctrl-C reaches the child too (one process group): wait on."""
+    while True:
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            continue
+
+
+def supervise(argv: Sequence[str], failure_file: Path) -> int:
+    """Run `imgcls <argv>` in a child; its exit status, or 1 and output/failure when a signal
+    ended it."""
+    child = subprocess.Popen(
+        [sys.executable, "-m", "imgcls.cli", *argv],
+        env=child_env({SUPERVISED_ENV: "1"}),
+        preexec_fn=die_with_parent,
+    )
+    forwarder = SigtermForwarder(lambda: child)
+    code = _wait(child)
+    death = signal_death(code, forwarder.forwarded, "The training process")
+    if death is not None:
+        return report_failure(death, failure_file)
+    if code < 0:
+        logger.info("The training process stopped on SIGTERM.")
+    return exit_status(code)
