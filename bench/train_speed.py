@@ -89,14 +89,15 @@ def pipeline_speed(shape, batch, count) -> float:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "bench.rec"
-        writer = mx.recordio.MXRecordIO(str(path), "w")
+        writer = mx.recordio.MXIndexedRecordIO(str(path.with_suffix(".idx")), str(path), "w")
         for index in range(count):
             image = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
             header = mx.recordio.IRHeader(0, float(index % 10), index, 0)
-            writer.write(mx.recordio.pack_img(header, image, quality=90, img_fmt=".jpg"))
+            writer.write_idx(index, mx.recordio.pack_img(header, image, quality=90, img_fmt=".jpg"))
         writer.close()
         iterator = record_iter(
             [path],
+            index=path.with_suffix(".idx"),
             image_shape=shape,
             batch_size=batch,
             shuffle=True,
