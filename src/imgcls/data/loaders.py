@@ -274,7 +274,9 @@ def validation_iter(
     data: ChannelData, hp, batch_size: int, parts: tuple[int, int] = (1, 0)
 ) -> Iterable[mx.io.DataBatch]:
     """Centre-cropped validation batches; a fresh iterator gives every sample of this host's
-    `parts` exactly once (none when the part is empty). Pipe mode: each one reads the next FIFO."""
+    `parts` exactly once (none when the part is empty; smaller batches when the part holds
+    fewer records than one, which ImageRecordIter refuses). Pipe mode: each one reads the next
+    FIFO."""
     if data.pipe is not None:
         return PipeBatches(
             data.pipe,
@@ -283,13 +285,14 @@ def validation_iter(
             augment=validation_augmenter_args(hp.resize),
             shuffle=False,
         )
-    if part_count(data.count, *parts) == 0:
+    count = part_count(data.count, *parts)
+    if count == 0:
         return []
     return record_iter(
         data.files,
         index=data.index,
         image_shape=hp.image_shape,
-        batch_size=batch_size,
+        batch_size=min(batch_size, count),
         label_width=hp.num_classes if hp.multi_label else 1,
         shuffle=False,
         augment=validation_augmenter_args(hp.resize),

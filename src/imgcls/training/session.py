@@ -162,7 +162,7 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
     try:
         fit(
             learner,
-            _train_batches(data["train"], hp, worker),
+            train_batches(data["train"], hp, worker),
             lambda: classification_metrics(hp.top_k, hp.multi_label, hp.num_classes),
             hooks,
             range(first_epoch, hp.epochs),
@@ -185,7 +185,9 @@ def _part(data: ChannelData, worker: WorkerContext | None) -> tuple[int, int]:
     return data.part(worker.num_hosts, worker.host_index) if worker else (1, 0)
 
 
-def _train_batches(data: ChannelData, hp: Hyperparameters, worker: WorkerContext | None):
+def train_batches(
+    data: ChannelData, hp: Hyperparameters, worker: WorkerContext | None
+) -> mx.io.DataIter:
     """This host's training batches; on several hosts, as many per epoch as the host with the
     most batches per pass runs (the others read part of their records twice)."""
     parts = _part(data, worker)
