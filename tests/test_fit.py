@@ -13,7 +13,7 @@ import pytest
 from conftest import pattern_image
 from mxnet import gluon
 
-from imgcls.data.recordio import record_iter, scan_records
+from imgcls.data.recordio import record_index, record_iter, scan_records
 from imgcls.training.loop import Learner, evaluate, train_step
 from imgcls.training.metrics import classification_metrics
 
@@ -82,7 +82,11 @@ def test_records_written_by_im2rec_are_read_with_their_labels(tmp_path, pass_thr
     assert stats.count == 21 and stats.class_counts.tolist() == expected.tolist()
     assert (stats.min_height, stats.min_width) == (20, 20)
 
-    batches = record_iter([rec], image_shape=(3, 16, 16), batch_size=21, shuffle=False, augment={})
+    index = record_index(stats, tmp_path / "unused.idx")
+    assert index == Path(f"{prefix}.idx")  # im2rec.py's own index, which matches
+    batches = record_iter(
+        [rec], index=index, image_shape=(3, 16, 16), batch_size=21, shuffle=False, augment={}
+    )
     batch = next(iter(batches))
     labels = batch.label[0].asnumpy().astype(int)
     pixels = batch.data[0].asnumpy()
@@ -102,6 +106,9 @@ def test_evaluate_counts_every_sample_exactly_once(tmp_path) -> None:
     learner.net.add(gluon.nn.Flatten(), gluon.nn.Dense(4))
     learner.net.initialize()
     metric = classification_metrics(None)
-    batches = record_iter([rec], image_shape=(3, 16, 16), batch_size=8, shuffle=False, augment={})
+    index = record_index(scan_records([rec], num_classes=4), tmp_path / "v.idx")
+    batches = record_iter(
+        [rec], index=index, image_shape=(3, 16, 16), batch_size=8, shuffle=False, augment={}
+    )
     evaluate(learner, batches, metric)
     assert metric.metrics[0].num_inst == 20

@@ -49,6 +49,7 @@ def test_recordio_pipe_trains_one_fifo_per_epoch_even_when_one_appears_late(
     result = job.train()
     assert result.returncode == 0, result.stdout + result.stderr
     assert train.served == 4 and validation.served == 4
+    assert "'train' is shuffled within a buffer of 512 examples only" in result.stdout
     for epoch in range(4):
         assert f"train_{epoch}: 128 examples" in result.stdout
         assert f"validation_{epoch}: 64 examples" in result.stdout

@@ -1,13 +1,21 @@
 """Turn a job's data channels into what the fit loop reads: record files, counts, iterators.
 
-File mode: RecordIO channels are read where they are; image channels (images + .lst) are packed
-into RecordIO in a temporary folder first. Both then go through MXNet's ImageRecordIter. Pipe
-mode: RecordIO or augmented-manifest streams, read epoch by epoch from FIFOs (data/pipe.py).
+File mode: RecordIO channels are read where they are, through an index of their records (the
+channel's own .idx when it matches, else one built in a temporary folder); image channels
+(images + .lst) are packed into RecordIO and indexed in a temporary folder first. Both then go
+through MXNet's ImageRecordIter, which shuffles the whole channel every pass. Pipe mode:
+RecordIO or augmented-manifest streams, read epoch by epoch from FIFOs (data/pipe/).
+
+Several hosts: a FullyReplicated channel is on every host whole, so each host reads its part
+(ImageRecordIter's num_parts); a ShardedByS3Key channel holds only this host's files, which it
+reads whole. Every host then runs the same number of training batches per epoch (see
+`agree_on_batches` in training/distributed/worker.py).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,8 +37,17 @@ from imgcls.data.packing import pack_images, packing_folder
 from imgcls.data.pipe.batches import PipeBatches
 from imgcls.data.pipe.examples import manifest_examples, recordio_examples
 from imgcls.data.pipe.fifo import PipeSource
-from imgcls.data.recordio import REC_SUFFIXES, RecordStats, record_iter, scan_records
+from imgcls.data.recordio import (
+    REC_SUFFIXES,
+    RecordStats,
+    part_count,
+    record_index,
+    record_iter,
+    scan_records,
+)
 from imgcls.errors import ClientError
+
+SHARDED_BY_S3_KEY = "ShardedByS3Key"
 
 
 @dataclass
@@ -45,7 +62,9 @@ class ChannelData:
     folder: Path
     files: list[Path]
     stats: RecordStats
+    index: Path | None = None
     pipe: PipeSource | None = None
+    distribution: str = "FullyReplicated"
 
     @property
     def is_pipe(self) -> bool:
@@ -64,6 +83,13 @@ class ChannelData:
         if self.pipe is not None:
             return self.pipe.positive_weights()
         return positive_weights(self.class_counts, self.count)
+
+    def part(self, num_hosts: int, host_index: int) -> tuple[int, int]:
+        """(num_parts, part_index) for ImageRecordIter on this host: ShardedByS3Key channels
+        hold only this host's records already; FullyReplicated ones are split by host."""
+        if self.distribution == SHARDED_BY_S3_KEY:
+            return 1, 0
+        return num_hosts, host_index
 
     def describe(self) -> str:
         if self.pipe is not None:
@@ -85,7 +111,8 @@ def load_channels(paths: Paths, channels: dict[str, Channel], hp) -> dict[str, C
             folder = folder or packing_folder()
             data[name] = _image_channel(channel, channels[f"{name}_lst"], hp, folder)
         else:
-            data[name] = load_channel(channel, hp)
+            folder = folder or packing_folder()
+            data[name] = load_channel(channel, hp, folder)
     train = data["train"]
     if hp.use_weighted_loss and not train.is_pipe:
         log_positive_weights(train.positive_weights(), f"the {train.count} images of 'train'")
@@ -102,7 +129,8 @@ def _image_channel(images: Channel, lst: Channel, hp, folder: Path) -> ChannelDa
         multi_label=hp.multi_label,
         channels=hp.image_shape[0],
     )
-    return ChannelData(images.name, images.path, stats.files, stats)
+    index = stats.files[0].with_suffix(".idx")
+    return ChannelData(images.name, images.path, stats.files, stats, index)
 
 
 def _pipe_channel(paths: Paths, channel: Channel, hp) -> ChannelData:
@@ -146,7 +174,7 @@ def _pipe_channel(paths: Paths, channel: Channel, hp) -> ChannelData:
         log_weights=bool(hp.use_weighted_loss) and name == "train",
     )
     empty = RecordStats(files=[], class_counts=np.zeros(hp.num_classes, dtype=np.int64))
-    return ChannelData(name, paths.data_dir, [], empty, source)
+    return ChannelData(name, paths.data_dir, [], empty, pipe=source)
 
 
 def _label_format(channel: Channel) -> str:
@@ -159,8 +187,9 @@ def _label_format(channel: Channel) -> str:
     return label_format
 
 
-def load_channel(channel: Channel, hp) -> ChannelData:
-    """Find and check a File-mode RecordIO channel's records."""
+def load_channel(channel: Channel, hp, folder: Path) -> ChannelData:
+    """Find, check and index a File-mode RecordIO channel's records (a new index goes in
+    `folder`, never in the channel's own folder)."""
     if not channel.is_recordio:
         raise ClientError(
             f"Channel {channel.name!r}: content type {channel.config.content_type!r} is not "
@@ -178,19 +207,40 @@ def load_channel(channel: Channel, hp) -> ChannelData:
     )
     if stats.count == 0:
         raise ClientError(f"Channel {channel.name!r}: the .rec files in {channel.path} are empty.")
-    return ChannelData(channel.name, channel.path, files, stats)
+    index = record_index(stats, folder / f"{channel.name}.idx")
+    distribution = channel.config.distribution
+    return ChannelData(channel.name, channel.path, files, stats, index, distribution=distribution)
 
 
 def batches_per_epoch(count: int, batch_size: int) -> int:
-    """Every sample once per epoch; the last batch is completed with the next epoch's samples."""
+    """Batches for one pass over `count` records (the last one completed from the next pass)."""
     return max(1, math.ceil(count / batch_size))
 
 
+def local_batches(data: ChannelData, batch_size: int, parts: tuple[int, int]) -> int:
+    """Batches for one pass over this host's part of a File-mode channel; a ClientError when
+    the part holds fewer than `batch_size` records (ImageRecordIter needs a whole batch)."""
+    count = part_count(data.count, *parts)
+    if count < batch_size:
+        raise ClientError(
+            f"Host #{parts[1] + 1} of {parts[0]}: its part of channel {data.name!r} holds "
+            f"{count} of the channel's {data.count} images ({data.distribution}), fewer than "
+            f"mini_batch_size={batch_size}. Add images or lower mini_batch_size."
+        )
+    return batches_per_epoch(count, batch_size)
+
+
 def train_iter(
-    data: ChannelData, hp, batch_size: int, num_parts: int = 1, part_index: int = 0
+    data: ChannelData,
+    hp,
+    batch_size: int,
+    parts: tuple[int, int] = (1, 0),
+    batches: int | None = None,
 ) -> mx.io.DataIter:
-    """Shuffled, augmented training batches; a fixed number per epoch (ResizeIter), or in Pipe
-    mode as many as each epoch's FIFO delivers."""
+    """Shuffled, augmented training batches of this host's `parts`: `batches` per epoch
+    (default: one pass), read as one stream of passes, each a new permutation of the records
+    (the last batch of a pass is completed from the next). Pipe mode: as many as each epoch's
+    FIFO delivers."""
     if data.pipe is not None:
         return PipeBatches(
             data.pipe,
@@ -201,25 +251,32 @@ def train_iter(
             min_count=batch_size,
             expected_count=hp.num_training_samples,
         )
+    if batches is None:
+        batches = local_batches(data, batch_size, parts)
     inner = record_iter(
         data.files,
+        index=data.index,
         image_shape=hp.image_shape,
         batch_size=batch_size,
         label_width=hp.num_classes if hp.multi_label else 1,
         shuffle=True,
         augment=train_augmenter_args(hp.augmentation_type, hp.resize),
-        num_parts=num_parts,
-        part_index=part_index,
+        num_parts=parts[0],
+        part_index=parts[1],
     )
-    per_part = math.ceil(data.count / num_parts)
-    return mx.io.ResizeIter(inner, batches_per_epoch(per_part, batch_size))
+    # Never reset ImageRecordIter: right after it starts, or after a pass whose last batch
+    # took records of the next, reset() skips what it has read ahead. Unreset, passes follow
+    # each other whole.
+    return mx.io.ResizeIter(inner, batches, reset_internal=False)
 
 
 def validation_iter(
-    data: ChannelData, hp, batch_size: int, num_parts: int = 1, part_index: int = 0
-) -> mx.io.DataIter:
-    """Centre-cropped validation batches; a fresh iterator gives every sample exactly once
-    (each host of a multi-host job its own part). Pipe mode: each one reads the next FIFO."""
+    data: ChannelData, hp, batch_size: int, parts: tuple[int, int] = (1, 0)
+) -> Iterable[mx.io.DataBatch]:
+    """Centre-cropped validation batches; a fresh iterator gives every sample of this host's
+    `parts` exactly once (none when the part is empty; smaller batches when the part holds
+    fewer records than one, which ImageRecordIter refuses). Pipe mode: each one reads the next
+    FIFO."""
     if data.pipe is not None:
         return PipeBatches(
             data.pipe,
@@ -228,13 +285,17 @@ def validation_iter(
             augment=validation_augmenter_args(hp.resize),
             shuffle=False,
         )
+    count = part_count(data.count, *parts)
+    if count == 0:
+        return []
     return record_iter(
         data.files,
+        index=data.index,
         image_shape=hp.image_shape,
-        batch_size=batch_size,
+        batch_size=min(batch_size, count),
         label_width=hp.num_classes if hp.multi_label else 1,
         shuffle=False,
         augment=validation_augmenter_args(hp.resize),
-        num_parts=num_parts,
-        part_index=part_index,
+        num_parts=parts[0],
+        part_index=parts[1],
     )

@@ -1,8 +1,17 @@
-"""MXNet RecordIO channels: checking their records, and MXNet's native ImageRecordIter over them."""
+"""MXNet RecordIO channels: checking their records, indexing them, and MXNet's native
+ImageRecordIter over them.
+
+The index (`key\toffset` lines, as MXIndexedRecordIO and im2rec.py write them) is what lets
+ImageRecordIter shuffle the whole channel every pass; without one it shuffles only within the
+64 MB chunks it reads in file order. One index covers all of a channel's files: dmlc's indexed
+reader counts offsets across its files as if they were one (it takes a single index file).
+"""
 
 from __future__ import annotations
 
+import ctypes
 import io
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +37,7 @@ class RecordStats:
     class_counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     min_height: int = 0
     min_width: int = 0
+    offsets: list[np.ndarray] = field(default_factory=list)
 
 
 def scan_records(
@@ -46,7 +56,9 @@ def scan_records(
     heights, widths = [], []
     started = time.perf_counter()
     for path in files:
-        for index, header, image in _records(path):
+        offsets = []
+        for index, offset, header, image in _records(path):
+            offsets.append(offset)
             where = f"{path}, record {index} (id {int(header.id)})"
             labels = label_row(header.label, where, num_classes, multi_label)
             if multi_label:
@@ -59,6 +71,7 @@ def scan_records(
                 heights.append(height)
                 widths.append(width)
             stats.count += 1
+        stats.offsets.append(np.asarray(offsets, dtype=np.int64))
     stats.min_height = min(heights, default=0)
     stats.min_width = min(widths, default=0)
     logger.info(
@@ -71,11 +84,12 @@ def scan_records(
 
 
 def _records(path: Path):
-    """(index, header, image bytes) for every record of one .rec file."""
+    """(index, byte offset, header, image bytes) for every record of one .rec file."""
     reader = mx.recordio.MXRecordIO(str(path), "r")
     try:
         index = 0
         while True:
+            offset = _tell(reader)
             try:
                 raw = reader.read()
             except mx.base.MXNetError as exc:
@@ -86,10 +100,50 @@ def _records(path: Path):
             if raw is None:
                 return
             header, image = mx.recordio.unpack(raw)
-            yield index, header, image
+            yield index, offset, header, image
             index += 1
     finally:
         reader.close()
+
+
+def _tell(reader: mx.recordio.MXRecordIO) -> int:
+    """The reader's byte position (MXNet's Python class offers tell() to writers only)."""
+    position = ctypes.c_size_t()
+    mx.base.check_call(mx.base._LIB.MXRecordIOReaderTell(reader.handle, ctypes.byref(position)))
+    return position.value
+
+
+def record_index(stats: RecordStats, out: Path) -> Path:
+    """An index of every record the scan found: the channel's own .idx when it has a single
+    .rec and that .idx lists exactly its records, else one written to `out` (a temporary
+    folder: the input folder is never written to)."""
+    own = _matching_idx(stats)
+    if own is not None:
+        logger.info("Using the index %s", own)
+        return own
+    starts = np.cumsum([0] + [path.stat().st_size for path in stats.files[:-1]])
+    offsets = np.concatenate([o + start for o, start in zip(stats.offsets, starts, strict=True)])
+    keys = np.arange(offsets.size)
+    np.savetxt(out, np.column_stack([keys, offsets]), fmt="%d", delimiter="\t")
+    logger.info("Indexed %d records of %d file(s) in %s", offsets.size, len(stats.files), out)
+    return out
+
+
+def _matching_idx(stats: RecordStats) -> Path | None:
+    """`name.idx` beside a channel's only `name.rec`, when its offsets are the records' own."""
+    if len(stats.files) != 1:
+        return None
+    idx = stats.files[0].with_suffix(".idx")
+    if not idx.is_file():
+        return None
+    try:
+        table = np.loadtxt(idx, dtype=np.int64, delimiter="\t", ndmin=2)
+        matches = table.shape[1] == 2 and np.array_equal(np.sort(table[:, 1]), stats.offsets[0])
+    except ValueError:
+        matches = False
+    if not matches:
+        logger.warning("%s does not list the records of %s: indexing them anew.", idx, idx.stem)
+    return idx if matches else None
 
 
 def _image_size(image: bytes, where: str) -> tuple[int, int]:
@@ -111,6 +165,7 @@ def _check_size(height: int, width: int, min_size: tuple[int, int], where: str) 
 def record_iter(
     files: list[Path],
     *,
+    index: Path,
     image_shape: tuple[int, int, int],
     batch_size: int,
     label_width: int = 1,
@@ -120,12 +175,15 @@ def record_iter(
     part_index: int = 0,
     seed: int = 0,
 ) -> mx.io.DataIter:
-    """MXNet's ImageRecordIter (decode and augmentation on C++ threads) over `files`.
+    """MXNet's ImageRecordIter (decode and augmentation on C++ threads) over `files`, with
+    `index` listing their records: `shuffle` draws a new permutation of them every pass, and
+    `num_parts` splits them by record (part i: records [i*s, (i+1)*s), s = ceil(count/parts)).
 
     Pixels stay raw 0-255 RGB (or grey): normalisation lives in the network.
     """
     return mx.io.ImageRecordIter(
         path_imgrec=";".join(str(f) for f in files),
+        path_imgidx=str(index),
         data_shape=image_shape,
         batch_size=batch_size,
         label_width=label_width,
@@ -136,3 +194,10 @@ def record_iter(
         seed=seed,
         **augment,
     )
+
+
+def part_count(count: int, num_parts: int, part_index: int) -> int:
+    """How many of `count` indexed records part `part_index` of `num_parts` holds (dmlc's
+    IndexedRecordIOSplitter: ceil(count/num_parts) each, the last parts fewer or none)."""
+    step = math.ceil(count / num_parts)
+    return max(0, min(step, count - part_index * step))

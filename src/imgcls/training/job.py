@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from imgcls.config.channels import DATA_CHANNELS
 from imgcls.config.environment import Paths, pretrained_dir_from_env
 from imgcls.config.hyperparameters import Hyperparameters
 from imgcls.config.job import JobConfig, load_job_config
@@ -27,6 +28,7 @@ def run_training(paths: Paths, dry_run: bool = False) -> int:
 
     config = load_job_config(paths)
     _check_pretrained_weights(config)
+    _check_pipe_hosts(config)
     if config.resources.is_distributed and not dry_run and not is_worker_process():
         return _launch_host(config)
     data = load_channels(paths, config.channels, config.hp)
@@ -45,6 +47,21 @@ def _check_pretrained_weights(config: JobConfig) -> None:
     """Fail before reading any data when use_pretrained_model=1 has no weights file here."""
     if config.hp.use_pretrained_model and "model" not in config.channels:
         weights_file(config.hp.num_layers, pretrained_dir_from_env())
+
+
+def _check_pipe_hosts(config: JobConfig) -> None:
+    """Pipe mode streams every host the whole channel (or its whole shard) with no count known
+    in advance, so the hosts could neither split it nor agree on batches per epoch: refused."""
+    if not config.resources.is_distributed:
+        return
+    channels = config.channels
+    piped = [name for name in DATA_CHANNELS if name in channels and channels[name].config.is_pipe]
+    if piped:
+        raise ClientError(
+            f"Pipe mode on several hosts is not supported (channel(s) {', '.join(piped)}; "
+            f"{len(config.resources.hosts)} hosts): set TrainingInputMode (the channels' "
+            "InputMode) to File, or train on one instance (InstanceCount=1)."
+        )
 
 
 def _launch_host(config: JobConfig) -> int:

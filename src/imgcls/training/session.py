@@ -12,7 +12,7 @@ from mxnet import gluon
 from imgcls.config.environment import Paths, runs_on_managed_platform
 from imgcls.config.hyperparameters import Hyperparameters
 from imgcls.config.job import JobConfig
-from imgcls.data.loaders import ChannelData, train_iter, validation_iter
+from imgcls.data.loaders import ChannelData, local_batches, train_iter, validation_iter
 from imgcls.errors import TrainingInterrupted
 from imgcls.log import logger
 from imgcls.model import archive, artifact, pretrained
@@ -21,6 +21,7 @@ from imgcls.training.checkpoints import ModelCheckpoints
 from imgcls.training.distributed.worker import (
     WorkerContext,
     aggregate_metrics,
+    agree_on_batches,
     parameters_digest,
     worker_context,
 )
@@ -150,10 +151,9 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
         return stop
 
     validation = data.get("validation")
-    parts = (worker.num_hosts, worker.host_index) if worker else (1, 0)
     hooks = EpochHooks(
         validation_batches=(
-            (lambda: validation_iter(validation, hp, hp.mini_batch_size, *parts))
+            (lambda: validation_iter(validation, hp, hp.mini_batch_size, _part(validation, worker)))
             if validation
             else None
         ),
@@ -165,7 +165,7 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
     try:
         fit(
             learner,
-            train_iter(data["train"], hp, hp.mini_batch_size, *parts),
+            train_batches(data["train"], hp, worker),
             lambda: classification_metrics(hp.top_k, hp.multi_label, hp.num_classes),
             hooks,
             range(first_epoch, hp.epochs),
@@ -182,6 +182,23 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
     if worker is not None:
         logger.info("Final trainable parameters digest: %s", parameters_digest(learner.net))
     _finish(paths, resume, writes_model)
+
+
+def _part(data: ChannelData, worker: WorkerContext | None) -> tuple[int, int]:
+    return data.part(worker.num_hosts, worker.host_index) if worker else (1, 0)
+
+
+def train_batches(
+    data: ChannelData, hp: Hyperparameters, worker: WorkerContext | None
+) -> mx.io.DataIter:
+    """This host's training batches; on several hosts, as many per epoch as the host with the
+    most batches per pass runs (the others read part of their records twice)."""
+    parts = _part(data, worker)
+    batches = None
+    if worker is not None and not data.is_pipe:
+        local = local_batches(data, hp.mini_batch_size, parts)
+        batches = agree_on_batches(local, worker.collective)
+    return train_iter(data, hp, hp.mini_batch_size, parts, batches)
 
 
 def _restore(

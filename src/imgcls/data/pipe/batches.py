@@ -3,6 +3,11 @@
 Memory stays bounded: a thread reads the FIFO into a shuffle buffer of SHUFFLE_BUFFER examples
 (training only), decodes and augments batch after batch on a small thread pool, and queues at
 most PREFETCH_BATCHES ready batches. Nothing is written to disk; nothing outlives its batch.
+
+The buffer shuffles only locally: each example leaves it at most SHUFFLE_BUFFER places before
+its place in the stream, and on average about where it was (its wait is geometric with mean
+SHUFFLE_BUFFER). A stream in label order stays nearly in label order; shuffle the records
+before streaming them (im2rec.py does by default), or use File mode.
 """
 
 from __future__ import annotations
@@ -78,6 +83,15 @@ class PipeBatches(mx.io.DataIter):
         self.provide_data = [mx.io.DataDesc("data", (batch_size, *image_shape))]
         self.provide_label = [mx.io.DataDesc("softmax_label", label_shape)]
         self._stream: _EpochStream | None = None
+        if shuffle:
+            logger.info(
+                "Pipe mode: channel %r is shuffled within a buffer of %d examples only (each "
+                "comes out at most %d places early, and about where it was on average): stream "
+                "shuffled records.",
+                source.name,
+                SHUFFLE_BUFFER,
+                SHUFFLE_BUFFER,
+            )
 
     def reset(self) -> None:
         if self._stream is not None:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import mxnet as mx
 import numpy as np
 
+from imgcls.log import logger
 from imgcls.training.distributed.coordinator import Collective
 from imgcls.training.distributed.launch import HOST_INDEX_ENV, WORKER_ENV
 
@@ -60,6 +61,19 @@ def aggregate_metrics(metric: mx.metric.EvalMetric, collective: Collective) -> N
         child.sum_metric, child.num_inst = total[0], int(total[1])
         if extra.size:
             child.set_counters(np.asarray(total[2:]))
+
+
+def agree_on_batches(batches: int, collective: Collective) -> int:
+    """The training batches per epoch every host runs: the most any host needs for one pass
+    over its records. dist_sync pairs the hosts' pushes one to one, so all must run as many;
+    the maximum drops no record (hosts with fewer read some of theirs twice)."""
+    agreed = int(collective.allreduce([batches], "max")[0])
+    logger.info(
+        "Training batches per epoch: %d on every host (%d for one pass over this host's records)",
+        agreed,
+        batches,
+    )
+    return agreed
 
 
 def parameters_digest(net: mx.gluon.Block) -> str:
