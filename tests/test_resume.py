@@ -203,7 +203,7 @@ def _first_update_lrs(learner: Learner) -> tuple[float, float]:
     return on_servers, locally
 
 
-@pytest.mark.parametrize("resume_epoch", [3, 5])
+@pytest.mark.parametrize("resume_epoch", [2, 5])
 @pytest.mark.parametrize("optimizer_states", [False, True], ids=["several-hosts", "one-host"])
 def test_the_first_update_after_a_resume_has_the_straight_run_learning_rate(
     tmp_path, optimizer_states, resume_epoch

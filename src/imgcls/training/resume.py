@@ -56,7 +56,8 @@ class ResumeState:
         return self.folder / POINTER
 
     def save(self, net: gluon.Block, trainer: gluon.Trainer, progress: dict[str, Any]) -> None:
-        """Write the new state into a folder of its own, then switch the pointer to it."""
+        """Write the new state into a folder of its own, then switch the pointer to it; a kill
+        at any step leaves the previous state or this one, whole."""
         mx.nd.waitall()
         self.folder.mkdir(parents=True, exist_ok=True)
         previous = self.current()
@@ -65,7 +66,8 @@ class ResumeState:
         net.save_parameters(str(state / STATE_PARAMS))
         if self.optimizer_states:
             trainer.save_states(str(state / STATE_OPTIMIZER))
-        _snapshot(self.model_dir, state / MODEL_SNAPSHOT, previous and previous / MODEL_SNAPSHOT)
+        earlier = previous / MODEL_SNAPSHOT if previous else None
+        _snapshot(self.model_dir, state / MODEL_SNAPSHOT, earlier)
         content = {"fingerprint": self.fingerprint, "progress": progress, "files": _sizes(state)}
         (state / STATE_JSON).write_text(json.dumps(content, indent=2))
         _flush_tree(state)
