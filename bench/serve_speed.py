@@ -44,6 +44,7 @@ Figures = tuple[float, float, float]  # p50 ms, p99 ms, calls/s
 def export_random_model(model_dir: Path, num_layers: int, shape, classes: int) -> None:
     net = build_network(num_layers, classes, shape)
     net.initialize(mx.init.Xavier())
+    net(mx.nd.zeros((1, *shape)))  # export_model reads the weights: finish their initialisation
     export_model(
         net, model_dir, 1, shape, False, {"num_layers": num_layers, "num_classes": classes}
     )

@@ -81,7 +81,7 @@ def net():
 def test_export_loads_in_plain_mxnet(tmp_path, num_layers, shape, multi_label):
     net = _trained_like(num_layers, shape)
     x = _pixels(shape=shape)
-    params = _export(net, tmp_path, 3, shape, multi_label)
+    params = _export(net, tmp_path, 3, shape, multi_label, num_layers=num_layers)
     assert params == tmp_path / f"{PREFIX}-0003.params"
     expected = _probabilities(net, x, multi_label)
     np.testing.assert_allclose(_module_outputs(tmp_path, 3, x), expected, rtol=1e-5, atol=1e-7)
@@ -108,6 +108,28 @@ def test_export_leaves_the_training_network_as_it_was(tmp_path, hybridized):
     _export(net, tmp_path)
     np.testing.assert_array_equal(net(x).asnumpy(), before[0])
     assert (net._active, list(net._flags)) == before[1:]
+
+
+def test_a_float16_network_exports_a_float32_model(tmp_path):
+    # MXNet has no float16 convolution on CPU: the float16 network is exported, never run.
+    net = _trained_like()
+    net.cast("float16")
+    net.hybridize(static_alloc=True, static_shape=True)
+    before = {name: p.data().asnumpy() for name, p in net.collect_params().items()}
+    _export(net, tmp_path)
+    _, arg_params, aux_params = mx.model.load_checkpoint(str(tmp_path / PREFIX), 1)
+    assert {a.dtype for a in [*arg_params.values(), *aux_params.values()]} == {np.float32}
+    reference = _trained_like()  # the same architecture, float32, holding the float16 weights
+    for name, p in reference.collect_params().items():
+        p.set_data(mx.nd.array(before[name].astype("float32")))
+    x = _pixels()
+    expected = _probabilities(reference, x)
+    np.testing.assert_allclose(_module_outputs(tmp_path, 1, x), expected, rtol=1e-5, atol=1e-7)
+    after = {name: p.data() for name, p in net.collect_params().items()}
+    assert {name: a.dtype for name, a in after.items()} == {n: a.dtype for n, a in before.items()}
+    assert np.float16 in {a.dtype for a in after.values()}
+    for name, array in after.items():
+        np.testing.assert_array_equal(array.asnumpy(), before[name])
 
 
 def test_a_failed_write_leaves_the_previous_file_whole(tmp_path, net, monkeypatch):

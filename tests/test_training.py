@@ -119,7 +119,9 @@ def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(ma
     assert time.monotonic() - sent < 20
     assert process.returncode == 143, "".join(seen) + rest
     assert not (job.base / "output" / "failure").exists()
-    state = json.loads((job.base / "checkpoints" / "imgcls-resume.json").read_text())
+    checkpoints = job.base / "checkpoints"
+    pointer = json.loads((checkpoints / "imgcls-resume.json").read_text())
+    state = json.loads((checkpoints / pointer["state"] / "state.json").read_text())
     resumed_at = state["progress"]["next_epoch"]
     assert resumed_at in (2, 3)
     result = job.train()
@@ -128,7 +130,7 @@ def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(ma
     epochs_run = [int(e) for e in re.findall(r"Epoch\[(\d+)\] Train-accuracy", result.stdout)]
     assert epochs_run == list(range(resumed_at, 4))
     assert list(job.model_dir.glob("*.params"))
-    assert not (job.base / "checkpoints" / "imgcls-resume.json").exists()
+    assert not any(checkpoints.iterdir())
 
 
 def test_incremental_training_from_a_model_channel(make_job) -> None:

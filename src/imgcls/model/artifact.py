@@ -22,7 +22,7 @@ from mxnet import gluon
 from imgcls.config.hyperparameters.table import DEPTHS
 from imgcls.errors import ClientError
 from imgcls.model.archive import safe_extract
-from imgcls.model.networks import inference_network
+from imgcls.model.networks import build_network, inference_network
 from imgcls.system import atomic_write
 
 PREFIX = "image-classification"
@@ -55,13 +55,23 @@ def _write_json(path: Path, value: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
 
 
-def _cpu_arrays(params: gluon.ParameterDict, names: set[str], kind: str) -> dict:
-    """`{"kind:name": array on CPU}` for the parameters named in `names`."""
-    return {
-        f"{kind}:{name}": p.data(p.list_ctx()[0]).as_in_context(mx.cpu())
-        for name, p in params.items()
-        if name in names
+def _float32_copy(net: gluon.HybridBlock, metadata: dict, image_shape: tuple) -> gluon.HybridBlock:
+    """A float32 network on the CPU holding `net`'s weights, whatever precision `net` trains in.
+
+    Parameter names are deterministic, so the copy's match `net`'s; `net` itself is not touched.
+    """
+    arrays = {
+        name: p.data(p.list_ctx()[0]).as_in_context(mx.cpu()).astype("float32")
+        for name, p in net.collect_params().items()
     }
+    copy = build_network(metadata["num_layers"], metadata["num_classes"], image_shape)
+    copy.collect_params().load_dict(arrays, mx.cpu(), allow_missing=False, ignore_extra=False)
+    return copy
+
+
+def _arrays(params: gluon.ParameterDict, names: set[str], kind: str) -> dict:
+    """`{"kind:name": array}` for the parameters named in `names`."""
+    return {f"{kind}:{name}": p.data() for name, p in params.items() if name in names}
 
 
 def export_model(
@@ -72,11 +82,13 @@ def export_model(
     multi_label: bool,
     metadata: dict,
 ) -> Path:
-    """Write the training network `net` as a model that outputs probabilities; return its params.
+    """Write the (initialised) training network `net` as a float32 model that outputs
+    probabilities.
 
     `metadata` (num_layers and num_classes at least) goes to imgcls-model.json together with
-    image_shape and multi_label. The symbol is traced without hybridizing, so `net`'s own
-    hybridization settings stay untouched.
+    image_shape and multi_label; the params file's path is returned. A float32 CPU copy of `net`
+    is exported, so a network trained in float16 gives the float32 model serving feeds, and
+    `net`'s precision, devices and hybridization stay untouched.
     """
     if epoch < 1:
         raise ValueError(f"epoch numbers start at 1, got {epoch}")
@@ -87,13 +99,11 @@ def export_model(
     # BatchNorm's running statistics are written by the backward pass without the engine
     # blocking the Python thread: wait for them, or the file gets the previous step's values.
     mx.nd.waitall()
-    wrapper = inference_network(net, multi_label)
+    wrapper = inference_network(_float32_copy(net, metadata, image_shape), multi_label)
     params = wrapper.collect_params()
-    ctx = next(iter(params.values())).list_ctx()[0]
-    wrapper(mx.nd.zeros((1, *image_shape), ctx=ctx))  # completes any deferred initialisation
     sym = wrapper(mx.sym.var("data"))
-    arrays = _cpu_arrays(params, set(sym.list_arguments()), "arg")
-    arrays |= _cpu_arrays(params, set(sym.list_auxiliary_states()), "aux")
+    arrays = _arrays(params, set(sym.list_arguments()), "arg")
+    arrays |= _arrays(params, set(sym.list_auxiliary_states()), "aux")
     target = params_path(model_dir, epoch)
     atomic_write(model_dir / SYMBOL_FILE, lambda tmp: sym.save(str(tmp)))
     atomic_write(target, lambda tmp: mx.nd.save(str(tmp), arrays))

@@ -1,12 +1,18 @@
 """A resumable training state in `checkpoints/`: weights, optimizer state, progress.
 
 SageMaker syncs `checkpoints/` to S3 and back after a spot interruption; `model/` is not
-restored, so the files kept there so far are snapshotted beside the state.
+restored, so the files kept there so far are snapshotted beside the state. Each save writes a
+new folder `state-NNNNNN` (weights, optimizer state, model/ snapshot, then its JSON), flushes it
+to disk, and only then switches the pointer file `imgcls-resume.json` to it in one rename: a
+kill at any moment leaves the previous state or the new one, whole. Plain files only (no
+symlinks), so the tree survives the round trip through S3.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,10 +24,12 @@ from imgcls.errors import ClientError
 from imgcls.log import logger
 from imgcls.system import atomic_write
 
-STATE_JSON = "imgcls-resume.json"
+POINTER = "imgcls-resume.json"
+STATE_JSON = "state.json"
 STATE_PARAMS = "imgcls-resume.params"
 STATE_OPTIMIZER = "imgcls-resume.states"
 MODEL_SNAPSHOT = "model"
+_STATE_RE = re.compile(r"state-(\d{6,})")
 
 
 class ResumeState:
@@ -38,46 +46,105 @@ class ResumeState:
         fingerprint: dict[str, Any],
         optimizer_states: bool = True,
     ):
-        self.folder = folder
-        self.model_dir = model_dir
+        self.folder = Path(folder)
+        self.model_dir = Path(model_dir)
         self.fingerprint = fingerprint
         self.optimizer_states = optimizer_states
 
     @property
-    def json_file(self) -> Path:
-        return self.folder / STATE_JSON
+    def pointer(self) -> Path:
+        return self.folder / POINTER
 
     def save(self, net: gluon.Block, trainer: gluon.Trainer, progress: dict[str, Any]) -> None:
-        """Write params and optimizer state first, the JSON last: it is the commit point."""
+        """Write the new state into a folder of its own, then switch the pointer to it; a kill
+        at any step leaves the previous state or this one, whole."""
         mx.nd.waitall()
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.folder / STATE_PARAMS, lambda tmp: net.save_parameters(str(tmp)))
+        previous = self.current()
+        state = self.folder / f"state-{max(self._numbers(), default=0) + 1:06d}"
+        state.mkdir()
+        net.save_parameters(str(state / STATE_PARAMS))
         if self.optimizer_states:
-            atomic_write(self.folder / STATE_OPTIMIZER, lambda tmp: trainer.save_states(str(tmp)))
-        self._snapshot_model_dir()
-        state = {"fingerprint": self.fingerprint, "progress": progress}
-        atomic_write(self.json_file, lambda tmp: tmp.write_text(json.dumps(state, indent=2)))
+            trainer.save_states(str(state / STATE_OPTIMIZER))
+        earlier = previous / MODEL_SNAPSHOT if previous else None
+        _snapshot(self.model_dir, state / MODEL_SNAPSHOT, earlier)
+        content = {"fingerprint": self.fingerprint, "progress": progress, "files": _sizes(state)}
+        (state / STATE_JSON).write_text(json.dumps(content, indent=2))
+        _flush_tree(state)
+        atomic_write(self.pointer, lambda tmp: tmp.write_text(json.dumps({"state": state.name})))
+        _flush(self.folder)
+        self._remove_states(keep=state.name)
 
     def load(
         self, net: gluon.Block, trainer: gluon.Trainer, contexts: list
     ) -> dict[str, Any] | None:
         """Restore weights, optimizer state and model/ files; the progress dict, or None."""
-        if not self.json_file.exists():
+        state = self.current()
+        if state is None:
             return None
-        state = json.loads(self.json_file.read_text())
-        self._check_fingerprint(state["fingerprint"])
-        net.load_parameters(str(self.folder / STATE_PARAMS), ctx=contexts)
+        content = self._read_state(state)
+        net.load_parameters(str(state / STATE_PARAMS), ctx=contexts)
         if self.optimizer_states:
-            trainer.load_states(str(self.folder / STATE_OPTIMIZER))
-        self._restore_model_dir()
-        logger.info("Resuming from %s: %s", self.folder, json.dumps(state["progress"]))
-        return state["progress"]
+            trainer.load_states(str(state / STATE_OPTIMIZER))
+        self._restore_model_dir(state / MODEL_SNAPSHOT)
+        logger.info("Resuming from %s: %s", state, json.dumps(content["progress"]))
+        return content["progress"]
+
+    def current(self) -> Path | None:
+        """The state folder the pointer names, or None when there is no saved state."""
+        try:
+            name = json.loads(self.pointer.read_text())["state"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ClientError(
+                f"{self.pointer} is not an imgcls resume pointer ({e}). Empty the checkpoint "
+                "folder (checkpoint_s3_uri) to train from the start."
+            ) from e
+        if not isinstance(name, str) or not _STATE_RE.fullmatch(name):
+            raise ClientError(
+                f"{self.pointer} names {name!r}, not a state-NNNNNN folder. Empty the checkpoint "
+                "folder (checkpoint_s3_uri) to train from the start."
+            )
+        return self.folder / name
 
     def clear(self) -> None:
-        """The job finished: its model is in model/, so the resume state goes."""
-        for name in (STATE_JSON, STATE_PARAMS, STATE_OPTIMIZER):
-            (self.folder / name).unlink(missing_ok=True)
-        shutil.rmtree(self.folder / MODEL_SNAPSHOT, ignore_errors=True)
+        """The job finished: its model is in model/, so the resume state goes (pointer first)."""
+        self.pointer.unlink(missing_ok=True)
+        self._remove_states(keep=None)
+
+    def _numbers(self) -> list[int]:
+        matches = (_STATE_RE.fullmatch(p.name) for p in self.folder.iterdir() if p.is_dir())
+        return [int(m.group(1)) for m in matches if m]
+
+    def _remove_states(self, keep: str | None) -> None:
+        """Every state folder but `keep`, and pointer files a killed atomic_write left."""
+        for number in self._numbers():
+            if (name := f"state-{number:06d}") != keep:
+                shutil.rmtree(self.folder / name, ignore_errors=True)
+        for stray in self.folder.glob(f".{POINTER}.*.tmp"):
+            stray.unlink(missing_ok=True)
+
+    def _read_state(self, state: Path) -> dict[str, Any]:
+        """The state's JSON, once its files are all there whole and its fingerprint matches."""
+        try:
+            content = json.loads((state / STATE_JSON).read_text())
+            expected = content["files"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise self._incomplete(state, f"{STATE_JSON}: {e}") from e
+        if (found := _sizes(state)) != expected:
+            names = expected.keys() | found.keys()
+            wrong = sorted(n for n in names if expected.get(n) != found.get(n))
+            raise self._incomplete(state, "missing or cut short: " + ", ".join(wrong))
+        self._check_fingerprint(content["fingerprint"])
+        return content
+
+    def _incomplete(self, state: Path, detail: str) -> ClientError:
+        return ClientError(
+            f"The resume state {state} that {self.pointer} names is incomplete ({detail}): "
+            "was the checkpoint folder copied only in part? Restore it whole, or empty it "
+            "(checkpoint_s3_uri) to train from the start."
+        )
 
     def _check_fingerprint(self, stored: dict[str, Any]) -> None:
         differences = [
@@ -87,22 +154,71 @@ class ResumeState:
         ]
         if differences:
             raise ClientError(
-                f"{self.json_file} belongs to a job with other settings ("
+                f"{self.pointer} belongs to a job with other settings ("
                 + "; ".join(differences)
                 + "). Use the same hyperparameters to resume, or empty the checkpoint folder."
             )
 
-    def _snapshot_model_dir(self) -> None:
-        snapshot = self.folder / MODEL_SNAPSHOT
-        shutil.rmtree(snapshot, ignore_errors=True)
-        if self.model_dir.is_dir():
-            shutil.copytree(self.model_dir, snapshot)
-
-    def _restore_model_dir(self) -> None:
-        snapshot = self.folder / MODEL_SNAPSHOT
+    def _restore_model_dir(self, snapshot: Path) -> None:
         if not snapshot.is_dir():
             return
         self.model_dir.mkdir(parents=True, exist_ok=True)
         for source in snapshot.iterdir():
             if not (self.model_dir / source.name).exists():
                 shutil.copy2(source, self.model_dir / source.name)
+
+
+def _snapshot(model_dir: Path, snapshot: Path, previous: Path | None) -> None:
+    """Copy model/'s files to `snapshot`, sharing (hard-linking) rather than copying them.
+
+    model/'s files are replaced, never rewritten in place (atomic_write), so a link keeps the
+    content of the moment. Another file system: a file unchanged since the previous snapshot
+    (same size and time) is linked from there; only the others are copied.
+    """
+    if not model_dir.is_dir():
+        return
+    snapshot.mkdir()
+    for source in sorted(p for p in model_dir.iterdir() if p.is_file()):
+        target = snapshot / source.name
+        try:
+            os.link(source, target)
+            continue
+        except OSError:
+            pass
+        if previous is not None and _same_file(source, previous / source.name):
+            os.link(previous / source.name, target)
+        else:
+            shutil.copy2(source, target)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Same size and modification time: a copy2 of one another (or the same file)."""
+    try:
+        sa, sb = a.stat(), b.stat()
+    except FileNotFoundError:
+        return False
+    return (sa.st_size, sa.st_mtime_ns) == (sb.st_size, sb.st_mtime_ns)
+
+
+def _sizes(state: Path) -> dict[str, int]:
+    """`{relative path: size}` of the state's files, its JSON excepted."""
+    return {
+        str(p.relative_to(state)): p.stat().st_size
+        for p in sorted(state.rglob("*"))
+        if p.is_file() and p != state / STATE_JSON
+    }
+
+
+def _flush_tree(folder: Path) -> None:
+    """fsync every file under `folder`, then the folders themselves (their entries)."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        _flush(path)
+    _flush(folder)
+
+
+def _flush(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

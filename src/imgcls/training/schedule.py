@@ -18,6 +18,20 @@ def lr_scheduler(
     )
 
 
+def continue_schedule(optimizer: mx.optimizer.Optimizer, updates_done: int) -> None:
+    """Have `optimizer` count `updates_done` updates as done, so its schedule goes on from there.
+
+    A resumed multi-host job's parameter servers get a fresh optimizer (counting from update 0)
+    when the trainer first steps; a single-host job restores its count, which includes the part
+    of an interrupted epoch that is run again. Call before the trainer's first step.
+    """
+    optimizer.begin_num_update = optimizer.num_update = updates_done
+    # MXNet also counts updates per parameter and device (Adam's bias correction reads them);
+    # emptied, they start again from begin_num_update. There is no public setter.
+    for counts in optimizer._all_index_update_counts.values():
+        counts.clear()
+
+
 def updates_per_epoch(num_training_samples: int, global_batch: int) -> int:
     """Iterations per epoch as the built-in algorithm derives them: from num_training_samples."""
     return max(1, math.ceil(num_training_samples / global_batch))

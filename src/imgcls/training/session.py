@@ -31,7 +31,7 @@ from imgcls.training.loss import loss_function
 from imgcls.training.metrics import classification_metrics
 from imgcls.training.optimizer import optimizer_params
 from imgcls.training.resume import ResumeState
-from imgcls.training.schedule import lr_scheduler, updates_per_epoch
+from imgcls.training.schedule import continue_schedule, lr_scheduler, updates_per_epoch
 
 FINGERPRINT_KEYS = ("num_layers", "num_classes", "image_shape", "multi_label", "optimizer")
 
@@ -78,7 +78,7 @@ def build_learner(
         hp.lr_scheduler_step,
         hp.lr_scheduler_factor,
         hp.learning_rate,
-        updates_per_epoch(hp.num_training_samples, update_batch(hp.mini_batch_size, worker)),
+        job_updates_per_epoch(hp, worker),
     )
     trainer = gluon.Trainer(
         net.collect_params(), hp.optimizer, optimizer_params(hp, schedule), kvstore=kvstore
@@ -95,6 +95,11 @@ def hosts_per_update(worker: WorkerContext | None) -> int:
 def update_batch(mini_batch_size: int, worker: WorkerContext | None) -> int:
     """Samples per optimizer update."""
     return mini_batch_size * hosts_per_update(worker)
+
+
+def job_updates_per_epoch(hp: Hyperparameters, worker: WorkerContext | None) -> int:
+    """Optimizer updates per epoch, as the learning-rate schedule counts them."""
+    return updates_per_epoch(hp.num_training_samples, update_batch(hp.mini_batch_size, worker))
 
 
 def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None:
@@ -128,7 +133,7 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
     resume = ResumeState(
         paths.checkpoints_dir, paths.model_dir, fingerprint, optimizer_states=worker is None
     )
-    first_epoch = _restore(resume, learner, checkpoints, early)
+    first_epoch = restore(resume, learner, checkpoints, early, job_updates_per_epoch(hp, worker))
 
     def progress(next_epoch: int) -> dict:
         return {
@@ -201,16 +206,21 @@ def train_batches(
     return train_iter(data, hp, hp.mini_batch_size, parts, batches)
 
 
-def _restore(
+def restore(
     resume: ResumeState,
     learner: Learner,
     checkpoints: ModelCheckpoints,
     early: EarlyStopping | None,
+    epoch_updates: int,
 ) -> int:
-    """Continue an interrupted job when checkpoints/ holds its state; the first epoch to run."""
+    """Continue an interrupted job when checkpoints/ holds its state; the first epoch to run.
+
+    The learning-rate schedule goes on from that epoch's first update, on one host or several.
+    """
     progress = resume.load(learner.net, learner.trainer, learner.contexts)
     if progress is None:
         return 0
+    continue_schedule(learner.trainer.optimizer, progress["next_epoch"] * epoch_updates)
     for key, value in progress["checkpoints"].items():
         setattr(checkpoints, key, value)
     if early and progress["early_stopping"]:
