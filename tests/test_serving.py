@@ -23,6 +23,8 @@ from serving_support import (
     encode_jpeg,
     encode_png,
     export_tiny_model,
+    flat_png,
+    forbid_decoding,
     free_port,
     random_image,
 )
@@ -374,3 +376,20 @@ def test_an_unexpected_error_is_a_500_with_a_json_body(rgb_base: Path) -> None:
     status, body = _call(app, "POST", "/invocations", b"x", CONTENT_TYPE="image/png")
     assert status == "500 Internal Server Error" and "server log" in body["error"]
     assert _call(app, "GET", "/ping")[0] == "200 OK"
+
+
+def test_a_decompression_bomb_gets_a_json_400_without_being_decoded(
+    rgb_base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20000x20000 (400 MP, a 50 kB PNG): once decoded in full (5.6 s, 2.4 GB) and answered."""
+    bomb = flat_png(20000, 20000)
+    forbid_decoding(monkeypatch, bomb)
+    app = ServingApp(rgb_base / "model", ServingSettings())
+    app.load_model()
+    status, body = _call(app, "POST", "/invocations", bomb, CONTENT_TYPE="image/png")
+    assert status == "400 Bad Request", body
+    assert body["error"].startswith("the request body is over ")
+    assert "more than the 64,000,000 pixels imgcls decodes" in body["error"]
+    small = encode_png(random_image(5, 16, 16))
+    status, body = _call(app, "POST", "/invocations", small, CONTENT_TYPE="image/png")
+    assert status == "200 OK" and len(body) == 3
