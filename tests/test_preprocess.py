@@ -91,3 +91,18 @@ def test_formats_without_a_header_reader_are_refused_not_decoded(ext, monkeypatc
     with pytest.raises(ClientError, match="send a JPEG or PNG file") as raised:
         decode_image(data, 3, "the request")
     assert not isinstance(raised.value, ImageTooLarge)
+
+
+def test_a_streamed_bomb_in_pipe_mode_is_refused_naming_its_record(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from imgcls.data.pipe.batches import PipeBatches
+    from imgcls.data.pipe.examples import Example
+
+    bomb = flat_png(20000, 20000)
+    forbid_decoding(monkeypatch, bomb)
+    source = SimpleNamespace(num_classes=2, multi_label=False, decode_hint="")
+    batches = PipeBatches(source, batch_size=1, image_shape=(3, 8, 8), augment={}, shuffle=False)
+    example = Example("train_0, record 3", bomb, np.zeros(1, np.float32))
+    with pytest.raises(ImageTooLarge, match=r"^train_0, record 3 is over .* 64,000,000 pixels"):
+        batches.transform(example, seed=0)
