@@ -5,11 +5,14 @@ from __future__ import annotations
 import io
 import os
 import socket
+import struct
+import zlib
 from pathlib import Path
 
 import cv2
 import mxnet as mx
 import numpy as np
+import pytest
 from PIL import Image
 
 from imgcls.data.preprocess import prepare
@@ -99,3 +102,31 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def flat_png(width: int, height: int) -> bytes:
+    """A valid 1-bit grey PNG of one colour, written with zlib: a few kB on disk, however many
+    pixels its header declares (20000x20000 is 50 kB; decoded to RGB it would be 1.2 GB)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body)
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    row = bytes(1 + (width + 7) // 8)  # filter byte 0, then the row's bits
+    packer = zlib.compressobj(9)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def forbid_decoding(monkeypatch: pytest.MonkeyPatch, *forbidden: bytes) -> None:
+    """Make cv2.imdecode fail the test when handed any of `forbidden`: they must be refused
+    from their header, before decoding."""
+    real = cv2.imdecode
+
+    def imdecode(buffer: np.ndarray, flags: int) -> np.ndarray | None:
+        if buffer.tobytes() in forbidden:
+            raise AssertionError("an image the header check must refuse reached cv2.imdecode")
+        return real(buffer, flags)
+
+    monkeypatch.setattr(cv2, "imdecode", imdecode)

@@ -17,11 +17,14 @@ from serving_support import (
     encode_jpeg,
     encode_png,
     export_tiny_model,
+    flat_png,
+    forbid_decoding,
     free_port,
     random_image,
 )
 
 from imgcls.errors import ClientError
+from imgcls.log import logger
 from imgcls.serving.batch import LocalStore, open_store, score
 from imgcls.serving.predictor import load_predictor
 
@@ -90,6 +93,24 @@ def test_local_folder_scoring_failures_reruns_and_overwrite(
     assert (again.scored, again.failed, again.skipped) == (4, 1, 0)
     assert_same(json.loads((destination / "a.png.out").read_text()), direct(IMAGES["a.png"]))
     assert not [p for p in destination.rglob("*") if p.name.startswith(".")]
+
+
+def test_a_decompression_bomb_is_counted_as_failed_with_its_reason_and_never_decoded(
+    base: Path, direct: Direct, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+) -> None:
+    bomb = flat_png(20000, 20000)
+    forbid_decoding(monkeypatch, bomb)
+    monkeypatch.setattr(logger, "propagate", True)  # the CLI's setup_logging turns it off
+    source, destination = tmp_path / "in", tmp_path / "out"
+    _fill(source, {**IMAGES, "bomb.png": bomb})
+    summary = score(load_predictor(base / "model"), LocalStore(source), LocalStore(destination))
+    assert (summary.scored, summary.failed) == (len(IMAGES), 1)
+    (failure,) = {r.getMessage() for r in caplog.records if r.getMessage().startswith("Failed")}
+    assert failure.startswith("Failed bomb.png: bomb.png is over ")
+    assert "more than the 64,000,000 pixels imgcls decodes" in failure
+    assert not (destination / "bomb.png.out").exists()
+    for key, data in IMAGES.items():
+        assert_same(json.loads((destination / f"{key}.out").read_text()), direct(data))
 
 
 def test_nothing_to_score_and_escaping_keys_are_client_errors(base: Path, tmp_path: Path) -> None:

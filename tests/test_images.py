@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import TINY_HYPERPARAMETERS, pattern_image
 from data_support import class_folders, im2rec_list, write_image
+from serving_support import flat_png, forbid_decoding
 
 from imgcls.cli import main
 from imgcls.data.packing import pack_images
@@ -122,6 +123,22 @@ def test_image_that_cannot_be_decoded(image_job, monkeypatch) -> None:
     failure = dry_run_failure(image_job, monkeypatch)
     assert f"{image_job.lst}, line {number}: the image " in failure
     assert "broken.jpg cannot be decoded" in failure and "Replace the file" in failure
+
+
+@pytest.mark.parametrize("size", [(20000, 20000), (10000, 10000)], ids=["400MP", "100MP"])
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_image_too_large_is_a_client_error_naming_file_and_line(
+    image_job, monkeypatch, size
+) -> None:
+    bomb = flat_png(*size)
+    forbid_decoding(monkeypatch, bomb)
+    image = image_job.data / "train" / "class2" / "huge.png"
+    image.write_bytes(bomb)
+    number = append_line(image_job.lst, "99\t2.000000\tclass2/huge.png")
+    failure = dry_run_failure(image_job, monkeypatch)
+    assert f"{image_job.lst}, line {number}: the image {image} is " in failure
+    assert "more than the 64,000,000 pixels imgcls decodes" in failure
+    assert "remove the line from the .lst" in failure
 
 
 @pytest.mark.parametrize(

@@ -1,12 +1,18 @@
 """The shared image preprocessing of serving and the image-channel packer."""
 
 import io
+import struct
 
+import cv2
+import numpy as np
 import pytest
 from PIL import Image
+from serving_support import encode_jpeg, flat_png, forbid_decoding, random_image
 
-from imgcls.data.preprocess import MAX_PIXELS, decode_image
+from imgcls.data.preprocess import MAX_PIXELS, ImageTooLarge, decode_image
 from imgcls.errors import ClientError
+
+BOMB_SIDES = [(20000, 20000), (10000, 10000), (8001, 8000)]
 
 
 def test_decompression_bomb_is_refused_before_decoding() -> None:
@@ -16,3 +22,87 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     assert len(buffer.getvalue()) < 2_000_000
     with pytest.raises(ClientError, match=f"{side}x{side} pixels"):
         decode_image(buffer.getvalue(), 3, "the request")
+
+
+def test_the_flat_png_helper_is_a_valid_png_of_its_declared_size() -> None:
+    data = flat_png(37, 11)
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED).shape == (11, 37)
+    with Image.open(io.BytesIO(data)) as image:
+        image.load()
+        assert image.size == (37, 11) and image.getextrema() == (0, 0)
+
+
+def _bmp(width: int, height: int) -> bytes:
+    data = bytearray(cv2.imencode(".bmp", random_image(0, 8, 8))[1].tobytes())
+    struct.pack_into("<ii", data, 18, width, height)  # BITMAPINFOHEADER biWidth, biHeight
+    return bytes(data)
+
+
+def _ppm(width: int, height: int) -> bytes:
+    return f"P6\n{width} {height}\n255\n".encode() + bytes(8 * 8 * 3)
+
+
+def _jpeg(width: int, height: int) -> bytes:
+    data = bytearray(encode_jpeg(random_image(0, 8, 8)))
+    sof = data.index(b"\xff\xc0")  # baseline SOF0: length, precision, height, width
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
+HEADERS = {"png": flat_png, "bmp": _bmp, "ppm": _ppm, "jpeg": _jpeg}
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("size", BOMB_SIDES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("kind", HEADERS)
+def test_every_size_above_the_limit_is_refused_from_the_header(kind, size, monkeypatch) -> None:
+    """Also above Pillow's own limit (~179 MP), where Pillow's DecompressionBombError used to
+    be swallowed and OpenCV decoded the image in full."""
+    data = HEADERS[kind](*size)
+    forbid_decoding(monkeypatch, data)
+    with pytest.raises(ImageTooLarge, match=f"more than the {MAX_PIXELS:,} pixels") as raised:
+        decode_image(data, 3, "the request")
+    assert str(raised.value).startswith("the request is ")
+    if size[0] * size[1] <= 2 * Image.MAX_IMAGE_PIXELS:
+        assert f"{size[0]}x{size[1]} pixels" in str(raised.value)
+
+
+@pytest.mark.parametrize("kind", HEADERS)
+def test_an_image_at_the_limit_passes_the_header_check(kind, monkeypatch) -> None:
+    """8000x8000 = MAX_PIXELS reaches the decoder (a stand-in here: no 64 MP decode in tests)."""
+    decoded = []
+
+    def stand_in(buffer: np.ndarray, flags: int) -> np.ndarray:
+        decoded.append(buffer.size)
+        return np.zeros((2, 2, 3), np.uint8)
+
+    monkeypatch.setattr(cv2, "imdecode", stand_in)
+    data = HEADERS[kind](8000, 8000)
+    assert decode_image(data, 3).shape == (2, 2, 3) and decoded == [len(data)]
+
+
+@pytest.mark.parametrize("ext", [".pam", ".hdr"])
+def test_formats_without_a_header_reader_are_refused_not_decoded(ext, monkeypatch) -> None:
+    """OpenCV decodes PAM and Radiance HDR, but Pillow cannot read their size first."""
+    pixels = random_image(0, 8, 8)
+    data = cv2.imencode(ext, pixels.astype(np.float32) if ext == ".hdr" else pixels)[1].tobytes()
+    assert cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR).shape == (8, 8, 3)
+    forbid_decoding(monkeypatch, data)
+    with pytest.raises(ClientError, match="send a JPEG or PNG file") as raised:
+        decode_image(data, 3, "the request")
+    assert not isinstance(raised.value, ImageTooLarge)
+
+
+def test_a_streamed_bomb_in_pipe_mode_is_refused_naming_its_record(monkeypatch) -> None:
+    from types import SimpleNamespace
+
+    from imgcls.data.pipe.batches import PipeBatches
+    from imgcls.data.pipe.examples import Example
+
+    bomb = flat_png(20000, 20000)
+    forbid_decoding(monkeypatch, bomb)
+    source = SimpleNamespace(num_classes=2, multi_label=False, decode_hint="")
+    batches = PipeBatches(source, batch_size=1, image_shape=(3, 8, 8), augment={}, shuffle=False)
+    example = Example("train_0, record 3", bomb, np.zeros(1, np.float32))
+    with pytest.raises(ImageTooLarge, match=r"^train_0, record 3 is over .* 64,000,000 pixels"):
+        batches.transform(example, seed=0)

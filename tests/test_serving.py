@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import mxnet as mx
 import numpy as np
 import pytest
 import requests
@@ -23,6 +24,8 @@ from serving_support import (
     encode_jpeg,
     encode_png,
     export_tiny_model,
+    flat_png,
+    forbid_decoding,
     free_port,
     random_image,
 )
@@ -31,7 +34,10 @@ from imgcls.config.serving import ServingSettings, serving_settings_from_env
 from imgcls.data.preprocess import decode_image
 from imgcls.errors import ClientError
 from imgcls.model.archive import pack_model
+from imgcls.serving import app as app_module
 from imgcls.serving.app import HttpError, ServingApp, negotiate
+from imgcls.serving.predictor import load_predictor
+from imgcls.serving.server import gpu_for_new_worker, gunicorn_options
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE = ROOT / "scripts" / "serve"
@@ -315,6 +321,7 @@ def test_serving_settings_defaults_and_errors() -> None:
     settings = serving_settings_from_env({})
     assert settings.port == 8080 and settings.timeout == 60 and settings.max_payload_mb == 6
     assert settings.workers == len(os.sched_getaffinity(0)) == settings.max_concurrent_transforms
+    assert settings.gpus == 0  # counted in a child process: this is the CPU build
     assert (settings.batch, settings.batch_strategy) == (False, "SINGLE_RECORD")
     custom = serving_settings_from_env(
         {"SAGEMAKER_BIND_TO_PORT": "9000", "SAGEMAKER_MODEL_SERVER_WORKERS": "3"}
@@ -330,6 +337,65 @@ def test_serving_settings_defaults_and_errors() -> None:
     for name, value in bad:
         with pytest.raises(ClientError, match=name):
             serving_settings_from_env({name: value})
+
+
+def test_with_gpus_the_default_is_one_worker_per_gpu() -> None:
+    four = serving_settings_from_env({}, gpus=4)
+    assert (four.workers, four.max_concurrent_transforms, four.gpus) == (4, 4, 4)
+    assert serving_settings_from_env({"SAGEMAKER_MODEL_SERVER_WORKERS": "2"}, gpus=4).workers == 2
+    assert serving_settings_from_env({}, gpus=0).workers == len(os.sched_getaffinity(0))
+
+
+def test_a_new_worker_takes_the_least_used_gpu() -> None:
+    assert [gpu_for_new_worker(4, range(i)) for i in range(4)] == [0, 1, 2, 3]
+    assert gpu_for_new_worker(4, [0, 1, 3]) == 2  # the worker on GPU 2 was replaced
+    assert gpu_for_new_worker(2, [0, 1, 0]) == 1
+    assert gpu_for_new_worker(1, [0, 0]) == 0
+
+
+class FakeArbiter:
+    """What gunicorn's Arbiter does around the hooks: pre_fork in the master with the live
+    workers in WORKERS (pid -> worker; a dead one is reaped before its replacement spawns),
+    then post_fork in the child with the same worker object."""
+
+    def __init__(self, options: dict):
+        self.options = options
+        self.WORKERS: dict[int, object] = {}
+
+    def spawn(self, pid: int) -> object:
+        worker = type("Worker", (), {})()
+        self.options["pre_fork"](self, worker)
+        self.WORKERS[pid] = worker
+        self.options["post_fork"](self, worker)
+        return worker
+
+    def reap(self, pid: int) -> None:
+        del self.WORKERS[pid]
+
+
+def test_worker_i_loads_onto_gpu_i_and_a_replacement_onto_the_freed_gpu(
+    rgb_base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gunicorn's hooks with stand-ins: no GPU here, so each load records its device and
+    loads onto the CPU."""
+    devices = []
+
+    def load(model_dir: Path, ctx: mx.Context):
+        devices.append(ctx)
+        return load_predictor(model_dir, mx.cpu())
+
+    monkeypatch.setattr(app_module, "load_predictor", load)
+    app = ServingApp(rgb_base / "model", ServingSettings())
+    arbiter = FakeArbiter(gunicorn_options(app, ServingSettings(workers=4, gpus=4), "127.0.0.1"))
+    for pid in range(100, 104):
+        arbiter.spawn(pid)
+    arbiter.reap(102)
+    arbiter.spawn(104)
+    assert devices == [mx.gpu(0), mx.gpu(1), mx.gpu(2), mx.gpu(3), mx.gpu(2)]
+    cpu_only = FakeArbiter(gunicorn_options(app, ServingSettings(workers=2), "127.0.0.1"))
+    cpu_only.spawn(200)
+    cpu_only.spawn(201)
+    assert devices[5:] == [mx.cpu(), mx.cpu()]
 
 
 def test_accept_negotiation() -> None:
@@ -374,3 +440,20 @@ def test_an_unexpected_error_is_a_500_with_a_json_body(rgb_base: Path) -> None:
     status, body = _call(app, "POST", "/invocations", b"x", CONTENT_TYPE="image/png")
     assert status == "500 Internal Server Error" and "server log" in body["error"]
     assert _call(app, "GET", "/ping")[0] == "200 OK"
+
+
+def test_a_decompression_bomb_gets_a_json_400_without_being_decoded(
+    rgb_base: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20000x20000 (400 MP, a 50 kB PNG): once decoded in full (5.6 s, 2.4 GB) and answered."""
+    bomb = flat_png(20000, 20000)
+    forbid_decoding(monkeypatch, bomb)
+    app = ServingApp(rgb_base / "model", ServingSettings())
+    app.load_model()
+    status, body = _call(app, "POST", "/invocations", bomb, CONTENT_TYPE="image/png")
+    assert status == "400 Bad Request", body
+    assert body["error"].startswith("the request body is over ")
+    assert "more than the 64,000,000 pixels imgcls decodes" in body["error"]
+    small = encode_png(random_image(5, 16, 16))
+    status, body = _call(app, "POST", "/invocations", small, CONTENT_TYPE="image/png")
+    assert status == "200 OK" and len(body) == 3

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from imgcls.errors import ClientError
+from imgcls.gpu import gpu_count_in_child
 from imgcls.system import cpu_count
 
 BATCH_STRATEGIES = ("SINGLE_RECORD", "MULTI_RECORD")
@@ -23,6 +24,7 @@ class ServingSettings:
     batch: bool = False
     max_concurrent_transforms: int = 1
     batch_strategy: str = "SINGLE_RECORD"
+    gpus: int = 0
 
     @property
     def max_payload_bytes(self) -> int:
@@ -49,12 +51,24 @@ def _bool_setting(environ: Mapping[str, str], name: str) -> bool:
     return raw == "true"
 
 
-def serving_settings_from_env(environ: Mapping[str, str] = os.environ) -> ServingSettings:
+def default_workers(gpus: int, cores: int) -> int:
+    """One worker per GPU when there are GPUs (each worker holds its own), else one per core."""
+    return gpus or cores
+
+
+def serving_settings_from_env(
+    environ: Mapping[str, str] = os.environ, gpus: int | None = None
+) -> ServingSettings:
     """Serving settings from the environment; ClientError naming the first bad variable.
 
-    Workers default to the cores this process may use; MaxConcurrentTransforms to the workers.
+    `gpus` defaults to the GPUs MXNet sees, counted in a child process (the server's master
+    must not initialise CUDA). Workers default to default_workers; MaxConcurrentTransforms to
+    the workers.
     """
-    workers = _int_setting(environ, "SAGEMAKER_MODEL_SERVER_WORKERS", cpu_count())
+    gpus = gpu_count_in_child() if gpus is None else gpus
+    workers = _int_setting(
+        environ, "SAGEMAKER_MODEL_SERVER_WORKERS", default_workers(gpus, cpu_count())
+    )
     strategy = environ.get("SAGEMAKER_BATCH_STRATEGY", "").strip().upper() or "SINGLE_RECORD"
     if strategy not in BATCH_STRATEGIES:
         raise ClientError(
@@ -71,4 +85,5 @@ def serving_settings_from_env(environ: Mapping[str, str] = os.environ) -> Servin
             environ, "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS", workers
         ),
         batch_strategy=strategy,
+        gpus=gpus,
     )

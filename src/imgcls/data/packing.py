@@ -26,7 +26,7 @@ import numpy as np
 
 from imgcls.data.labels import count_classes
 from imgcls.data.lst import LstEntry, read_lst
-from imgcls.data.preprocess import decode_image
+from imgcls.data.preprocess import ImageTooLarge, decode_image
 from imgcls.data.recordio import RecordStats
 from imgcls.errors import ClientError
 from imgcls.log import logger
@@ -115,7 +115,9 @@ def _read(image: Path, where: str, root: Path) -> bytes:
 
 def _decode(data: bytes, channels: int, where: str, image: Path) -> np.ndarray:
     try:
-        return decode_image(data, channels, str(image))
+        return decode_image(data, channels, f"the image {image}")
+    except ImageTooLarge as exc:
+        raise ClientError(f"{where}: {exc} Or remove the line from the .lst.") from None
     except ClientError:
         raise ClientError(
             f"{where}: the image {image} cannot be decoded (empty, truncated or not an image). "

@@ -10,11 +10,17 @@ import io
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from imgcls.errors import ClientError
 
 MAX_PIXELS = 64_000_000
+# Pillow's names of the formats whose header Pillow reads and whose pixels OpenCV decodes.
+HEADER_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "PPM", "SUN", "JPEG2000")
+
+
+class ImageTooLarge(ClientError):
+    """An image whose header declares more than MAX_PIXELS pixels."""
 
 
 def decode_image(data: bytes, channels: int, where: str = "the image") -> np.ndarray:
@@ -32,19 +38,33 @@ def decode_image(data: bytes, channels: int, where: str = "the image") -> np.nda
 
 
 def _check_pixel_count(data: bytes, where: str) -> None:
-    """Refuse decompression bombs: a small file that would decode to gigabytes of pixels.
+    """Refuse decompression bombs (a small file that would decode to gigabytes of pixels) by
+    the dimensions in the header, before anything is decoded.
 
-    Reads only the header (PIL opens lazily); formats PIL does not know are left to OpenCV.
+    Only HEADER_FORMATS get through: formats whose header Pillow reads and OpenCV decodes.
+    OpenCV's other formats (PAM, PFM, Radiance HDR) have no header reader here, so they are
+    refused; so is any file Pillow cannot place in those formats.
     """
     try:
-        width, height = Image.open(io.BytesIO(data)).size
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError):
-        return
-    if width * height > MAX_PIXELS:
+        with Image.open(io.BytesIO(data), formats=HEADER_FORMATS) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        over = f"over {2 * Image.MAX_IMAGE_PIXELS:,} pixels"
+        raise ImageTooLarge(_too_large(where, over)) from None
+    except (OSError, ValueError, EOFError):
         raise ClientError(
-            f"{where} is {width}x{height} pixels, more than the {MAX_PIXELS:,} imgcls decodes. "
-            "Resize it before sending it."
-        )
+            f"{where} is not an image imgcls can read ({', '.join(HEADER_FORMATS)}), or its "
+            "header is damaged: send a JPEG or PNG file."
+        ) from None
+    if width * height > MAX_PIXELS:
+        raise ImageTooLarge(_too_large(where, f"{width}x{height} pixels"))
+
+
+def _too_large(where: str, size: str) -> str:
+    return (
+        f"{where} is {size}, more than the {MAX_PIXELS:,} pixels imgcls decodes (a guard "
+        "against decompression bombs): resize it to at most that."
+    )
 
 
 def resize_exact(image: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -10,6 +10,8 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
+import mxnet as mx
+
 from imgcls.config.content_types import IMAGE_CONTENT_TYPES
 from imgcls.config.serving import ServingSettings
 from imgcls.errors import ClientError
@@ -86,8 +88,9 @@ class ServingApp:
             "/execution-parameters": ("GET", self._execution_parameters),
         }
 
-    def load_model(self) -> None:
-        self.predictor = load_predictor(self.model_dir)
+    def load_model(self, ctx: mx.Context | None = None) -> None:
+        """Load the model onto `ctx` (load_predictor's default device when None)."""
+        self.predictor = load_predictor(self.model_dir, ctx)
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         started = time.perf_counter()

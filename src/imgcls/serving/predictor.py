@@ -10,6 +10,7 @@ import mxnet as mx
 import numpy as np
 
 from imgcls.data.preprocess import prepare
+from imgcls.gpu import check_gpus
 from imgcls.model.inference import LoadedModel, load_model
 
 JSON = "application/json"
@@ -30,13 +31,17 @@ class Predictor:
             return self.model.predict(batch)[0]
 
 
-def load_predictor(model_dir: Path) -> Predictor:
+def load_predictor(model_dir: Path, ctx: mx.Context | None = None) -> Predictor:
     """The predictor of the highest-epoch model in `model_dir` (a folder or one model.tar.gz).
 
-    The first GPU when there is one (GPU image), else the CPU. One forward pass on a blank image
-    builds MXNet's cached graph, so the first request is fast.
+    On `ctx`, by default the first GPU when there is one (GPU image), else the CPU; a GPU this
+    MXNet cannot run is a ClientError first. One forward pass on a blank image builds MXNet's
+    cached graph, so the first request is fast.
     """
-    model = load_model(model_dir, mx.gpu(0) if mx.context.num_gpus() else mx.cpu())
+    check_gpus()
+    if ctx is None:
+        ctx = mx.gpu(0) if mx.context.num_gpus() else mx.cpu()
+    model = load_model(model_dir, ctx)
     model.predict(np.zeros((1, *model.image_shape), dtype=np.float32))
     return Predictor(model)
 

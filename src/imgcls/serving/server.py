@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import mxnet as mx
 from gunicorn.app.base import BaseApplication
 from gunicorn.arbiter import Arbiter
+from gunicorn.workers.base import Worker
 
 from imgcls.config.serving import ServingSettings
 from imgcls.errors import ImgclsError
@@ -31,32 +35,53 @@ LOGGING = {
 }
 
 
-def load_in_worker(app: ServingApp) -> None:
+def gpu_for_new_worker(gpus: int, held: Iterable[int]) -> int:
+    """The GPU a new worker takes, given those the live workers hold: the lowest-numbered of
+    the least used, so worker i gets GPU i and a replaced worker takes the GPU it freed."""
+    load = Counter(held)
+    return min(range(gpus), key=lambda gpu: (load[gpu], gpu))
+
+
+def assign_device(server: Arbiter, worker: Worker, gpus: int) -> None:
+    """gunicorn's pre_fork hook (in the master): the new worker's device, GPU or CPU."""
+    held = [live.imgcls_gpu for live in server.WORKERS.values()]
+    worker.imgcls_gpu = gpu_for_new_worker(gpus, held) if gpus else None
+
+
+def worker_device(worker: Worker) -> mx.Context:
+    """The device assign_device gave `worker`."""
+    return mx.cpu() if worker.imgcls_gpu is None else mx.gpu(worker.imgcls_gpu)
+
+
+def load_in_worker(app: ServingApp, ctx: mx.Context) -> None:
     """Load the model in a freshly forked worker; a model error stops the whole server."""
     try:
-        app.load_model()
+        app.load_model(ctx)
     except ImgclsError as exc:
         logger.error("Cannot load the model from %s: %s", app.model_dir, failure_text(exc))
         sys.exit(Arbiter.WORKER_BOOT_ERROR)
     model = app.predictor.model
     logger.info(
-        "Worker %d ready: epoch %d, image_shape %s, %d classes%s",
+        "Worker %d ready: epoch %d, image_shape %s, %d classes%s, on %s",
         os.getpid(),
         model.epoch,
         ",".join(map(str, model.image_shape)),
         model.num_classes,
         ", multi-label" if model.multi_label else "",
+        model.ctx,
     )
 
 
 def gunicorn_options(app: ServingApp, settings: ServingSettings, host: str) -> dict[str, Any]:
-    """gunicorn settings: sync workers, one request at a time each, as inference is CPU-bound."""
+    """gunicorn settings: sync workers, one request at a time each, as inference is CPU-bound;
+    with GPUs, each worker on the GPU the master picks for it before the fork."""
     return {
         "bind": f"{host}:{settings.port}",
         "workers": settings.workers,
         "worker_class": "sync",
         "timeout": settings.timeout,
-        "post_fork": lambda server, worker: load_in_worker(app),
+        "pre_fork": lambda server, worker: assign_device(server, worker, settings.gpus),
+        "post_fork": lambda server, worker: load_in_worker(app, worker_device(worker)),
         "logconfig_dict": LOGGING,
         "proc_name": "imgcls-serve",
         "control_socket_disable": True,
@@ -87,11 +112,13 @@ def run_server(model_dir: Path, settings: ServingSettings, host: str) -> None:
     """
     app = ServingApp(model_dir, settings)
     logger.info(
-        "Serving %s on %s:%d: %d workers, timeout %d s, max payload %d MB, batch transform %s",
+        "Serving %s on %s:%d: %d workers, %d GPUs, timeout %d s, max payload %d MB, "
+        "batch transform %s",
         model_dir,
         host,
         settings.port,
         settings.workers,
+        settings.gpus,
         settings.timeout,
         settings.max_payload_mb,
         "on" if settings.batch else "off",

@@ -10,6 +10,7 @@ from imgcls.config.environment import Paths, pretrained_dir_from_env
 from imgcls.config.hyperparameters import Hyperparameters
 from imgcls.config.job import JobConfig, load_job_config
 from imgcls.errors import ClientError
+from imgcls.gpu import check_gpus
 from imgcls.log import logger
 from imgcls.model.pretrained import weights_file
 from imgcls.training.distributed.launch import is_worker_process
@@ -27,6 +28,7 @@ def run_training(paths: Paths, dry_run: bool = False) -> int:
     from imgcls.data.loaders import load_channels
 
     config = load_job_config(paths)
+    check_gpus()
     _check_pretrained_weights(config)
     _check_pipe_hosts(config)
     if config.resources.is_distributed and not dry_run and not is_worker_process():

@@ -29,7 +29,7 @@ from imgcls.data.labels import log_positive_weights
 from imgcls.data.pipe.examples import Example
 from imgcls.data.pipe.fifo import PipeSource
 from imgcls.data.pipe.image_aug_default import augment_image
-from imgcls.data.preprocess import decode_image, to_network_input
+from imgcls.data.preprocess import ImageTooLarge, decode_image, to_network_input
 from imgcls.errors import ClientError
 from imgcls.log import logger
 from imgcls.system import cpu_count
@@ -157,6 +157,8 @@ class PipeBatches(mx.io.DataIter):
         channels, height, width = self.image_shape
         try:
             image = decode_image(example.image, channels, example.where)
+        except ImageTooLarge:
+            raise
         except ClientError:
             raise ClientError(
                 f"{example.where}: the image cannot be decoded (empty, truncated or not an "
