@@ -19,7 +19,7 @@ from imgcls.log import logger
 from imgcls.training.distributed import coordinator as coordinator_module
 from imgcls.training.distributed.coordinator import Collective, Coordinator
 
-WAIT_SECONDS = 15.0
+WAIT_SECONDS = 30.0
 
 
 class Payload:
