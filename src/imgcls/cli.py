@@ -1,4 +1,4 @@
-"""Command line: `imgcls train`, `imgcls serve`, `imgcls hyperparameters` (and scripts/*)."""
+"""Command line: `imgcls train`, `serve`, `prepare`, `export onnx`, `hyperparameters`, scripts/*."""
 
 from __future__ import annotations
 
@@ -116,6 +116,36 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     batch.set_defaults(handler=_serve_batch)
 
 
+def _export_onnx(args: argparse.Namespace) -> int:
+    from imgcls.errors import ImgclsError
+    from imgcls.failure import failure_text
+    from imgcls.log import logger, setup_logging
+    from imgcls.model.onnx_export import export_onnx
+
+    setup_logging()
+    try:
+        done = export_onnx(args.model, args.out)
+    except ImgclsError as exc:
+        logger.error(failure_text(exc))
+        return 1
+    logger.info(
+        "Wrote %s (epoch %d): input 'data' float32 (N, %s) 0-255 pixels, output probabilities",
+        done.path,
+        done.epoch,
+        ", ".join(map(str, done.image_shape)),
+    )
+    return 0
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser("export", help="write a trained model in another format")
+    formats = export.add_subparsers(dest="format", required=True)
+    onnx = formats.add_parser("onnx", help="ONNX, through MXNet's mx.onnx (needs imgcls[onnx])")
+    onnx.add_argument("model", type=Path, help="model folder or model.tar.gz")
+    onnx.add_argument("out", type=Path, help="the .onnx file to write")
+    onnx.set_defaults(handler=_export_onnx)
+
+
 def _hyperparameters(args: argparse.Namespace) -> int:
     from imgcls.config.hyperparameters import json_schema, markdown_table
 
@@ -138,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(handler=_train)
     _add_serve(commands)
+    _add_export(commands)
 
     hyper = commands.add_parser("hyperparameters", help="print the hyperparameter table")
     hyper.add_argument(
