@@ -25,6 +25,8 @@ from imgcls.model.artifact import (
 )
 from imgcls.system import atomic_write
 
+BATCH = "N"
+
 
 @dataclass(frozen=True)
 class OnnxExport:
@@ -62,6 +64,7 @@ def export_onnx(model: Path, out: Path) -> OnnxExport:
             ) from e
         graph = onnx.load(str(converted))
     _only_data_input(graph)
+    _name_batch_dimension(graph)
     onnx.checker.check_model(graph)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -86,3 +89,9 @@ def _only_data_input(graph) -> None:
     inputs = [i for i in graph.graph.input if i.name not in weights]
     del graph.graph.input[:]
     graph.graph.input.extend(inputs)
+
+
+def _name_batch_dimension(graph) -> None:
+    """Call the input's and the output's first dimension `N` (MXNet leaves it unnamed)."""
+    for value in (*graph.graph.input, *graph.graph.output):
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH
