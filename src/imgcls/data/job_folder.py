@@ -166,8 +166,8 @@ def _check_counts(root: Path, classes: list[str], train: PackedChannel) -> None:
     if (total := sum(train.counts)) < batch:
         raise ClientError(
             f"{root} gives {total} training images, fewer than mini_batch_size ({batch}, its "
-            "default): add images, lower --validation-fraction, or lower mini_batch_size in "
-            "hyperparameters.json after preparing with more images."
+            "default), so a job could not fill one batch: add images to the class folders or "
+            "lower --validation-fraction."
         )
 
 

@@ -48,7 +48,7 @@ def fix_gammas(sym: mx.sym.Symbol, params: dict[str, mx.nd.NDArray]) -> dict[str
     fixed = dict(params)
     for node in nodes:
         attrs = node.get("attrs", {})
-        if node["op"] == "BatchNorm" and attrs.get("fix_gamma", "True") == "True":
+        if node["op"] == "BatchNorm" and attrs.get("fix_gamma", "True") in ("True", "true", "1"):
             gamma = nodes[node["inputs"][1][0]]["name"]
             if gamma in fixed:
                 fixed[gamma] = mx.nd.ones_like(fixed[gamma])
