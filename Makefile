@@ -10,7 +10,7 @@ $(PYTHON):
 
 $(STAMP): pyproject.toml | $(PYTHON)
 	$(PYTHON) -m pip install --quiet --upgrade pip
-	$(PYTHON) -m pip install --quiet -e '.[test,demo]'
+	$(PYTHON) -m pip install --quiet -e '.[test,demo,onnx]'
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -2,8 +2,9 @@
 
 1. Writes the 1,797 8x8 digits as 32x32 PNGs in one folder per class (real data, shipped inside
    the scikit-learn package: nothing is downloaded).
-2. Packs them with MXNet's own tools/im2rec.py into train and validation RecordIO files.
-3. Lays out a SageMaker-style base folder (input/config, input/data) and runs `scripts/train`.
+2. `imgcls prepare` packs them into a SageMaker-style job folder (train and validation RecordIO
+   channels, input/config with num_classes and num_training_samples counted); the demo then sets
+   its own hyperparameters (small network, 28x28 crops) and runs `scripts/train`.
 4. Starts `scripts/serve` on 127.0.0.1, waits for /ping, and scores validation images through
    POST /invocations, as a SageMaker endpoint would be called.
 """
@@ -21,13 +22,12 @@ import urllib.request
 from pathlib import Path
 
 import cv2
-import mxnet
+import mxnet as mx
 import numpy as np
 from sklearn.datasets import load_digits
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "demo" / "work"
-IM2REC = Path(mxnet.__file__).parent / "tools" / "im2rec.py"
 SIDE = 32
 
 
@@ -43,36 +43,27 @@ def write_images(folder: Path) -> int:
     return len(digits.target)
 
 
-def im2rec(*args: str) -> None:
-    subprocess.run([sys.executable, str(IM2REC), *args], check=True, stdout=subprocess.DEVNULL)
+HYPERPARAMETERS = {
+    "num_layers": "20",
+    "image_shape": "1,28,28",
+    "epochs": "8",
+    "mini_batch_size": "64",
+    "learning_rate": "0.1",
+    "lr_scheduler_step": "6",
+    "lr_scheduler_factor": "0.1",
+    "top_k": "2",
+}
 
 
-def pack_records(images: Path, prefix: Path) -> None:
-    """im2rec.py --list splits 80/20 into <prefix>_train.lst and _val.lst, then packs both."""
-    im2rec("--list", "--recursive", "--train-ratio", "0.8", str(prefix), str(images))
-    im2rec("--pass-through", "--num-thread", "2", str(prefix), str(images))
-
-
-def lay_out_job(base: Path, prefix: Path, num_training_samples: int) -> None:
-    config = base / "input" / "config"
-    config.mkdir(parents=True)
-    hyperparameters = {
-        "num_classes": "10",
-        "num_training_samples": str(num_training_samples),
-        "num_layers": "20",
-        "image_shape": "1,28,28",
-        "epochs": "8",
-        "mini_batch_size": "64",
-        "learning_rate": "0.1",
-        "lr_scheduler_step": "6",
-        "lr_scheduler_factor": "0.1",
-        "top_k": "2",
-    }
-    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters, indent=2))
-    for channel, split in (("train", "train"), ("validation", "val")):
-        folder = base / "input" / "data" / channel
-        folder.mkdir(parents=True)
-        shutil.move(f"{prefix}_{split}.rec", folder / f"digits_{split}.rec")
+def prepare_job(images: Path, base: Path) -> dict:
+    """`imgcls prepare` with a 20% validation split, then the demo's hyperparameters on top of
+    the counts it wrote; returns the hyperparameters."""
+    command = ["imgcls", "prepare", str(images), str(base), "--validation-fraction", "0.2"]
+    subprocess.run(command, check=True)
+    config = base / "input" / "config" / "hyperparameters.json"
+    hyperparameters = {**json.loads(config.read_text()), **HYPERPARAMETERS}
+    config.write_text(json.dumps(hyperparameters, indent=2))
+    return hyperparameters
 
 
 def free_port() -> int:
@@ -95,15 +86,26 @@ def wait_for_ping(url: str, server: subprocess.Popen, seconds: float = 120) -> N
     raise RuntimeError("the server did not answer /ping in time")
 
 
-def invoke(url: str, image: Path) -> list[float]:
+def invoke(url: str, image: bytes) -> list[float]:
     request = urllib.request.Request(
-        f"{url}/invocations", data=image.read_bytes(), headers={"Content-Type": "image/png"}
+        f"{url}/invocations", data=image, headers={"Content-Type": "image/png"}
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
 
-def score_with_server(base: Path, images: Path, listing: Path, count: int = 40) -> None:
+def validation_records(base: Path, count: int) -> list[tuple[int, bytes]]:
+    """(label, PNG bytes) of the first `count` validation records, read with MXNet's reader."""
+    rec = base / "input" / "data" / "validation" / "validation.rec"
+    reader = mx.recordio.MXIndexedRecordIO(str(rec.with_suffix(".idx")), str(rec), "r")
+    try:
+        unpacked = (mx.recordio.unpack(reader.read_idx(key)) for key in reader.keys[:count])
+        return [(int(header.label), image) for header, image in unpacked]
+    finally:
+        reader.close()
+
+
+def score_with_server(base: Path, count: int = 40) -> None:
     """Serve the trained model and score `count` validation images over HTTP."""
     port = free_port()
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port)}
@@ -115,12 +117,8 @@ def score_with_server(base: Path, images: Path, listing: Path, count: int = 40) 
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for_ping(url, server)
-        rows = [line.split("\t") for line in listing.read_text().splitlines()][:count]
-        correct = 0
-        for _, label, path in rows:
-            probabilities = invoke(url, images / path)
-            predicted = int(np.argmax(probabilities))
-            correct += predicted == int(float(label))
+        rows = validation_records(base, count)
+        correct = sum(int(np.argmax(invoke(url, image))) == label for label, image in rows)
         print(f"Served model on {url}: {correct}/{len(rows)} validation digits scored correctly")
     finally:
         server.terminate()
@@ -131,18 +129,18 @@ def main() -> int:
     shutil.rmtree(WORK, ignore_errors=True)
     images, base = WORK / "images", WORK / "opt_ml"
     total = write_images(images)
-    prefix = WORK / "digits"
-    pack_records(images, prefix)
-    train_count = len(Path(f"{prefix}_train.lst").read_text().splitlines())
-    print(f"Wrote {total} digit images; packed {train_count} for training with im2rec.py")
-    lay_out_job(base, prefix, train_count)
+    hyperparameters = prepare_job(images, base)
+    print(
+        f"Wrote {total} digit images; imgcls prepare packed "
+        f"{hyperparameters['num_training_samples']} for training"
+    )
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base)}
     train = subprocess.run([str(ROOT / "scripts" / "train")], env=env)
     if train.returncode != 0:
         print((base / "output" / "failure").read_text(), file=sys.stderr)
         return train.returncode
     print(f"Model: {sorted(p.name for p in (base / 'model').iterdir())}")
-    score_with_server(base, images, Path(f"{prefix}_val.lst"))
+    score_with_server(base)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Command line: `imgcls train`, `imgcls serve`, `imgcls hyperparameters` (and scripts/*)."""
+"""Command line: `imgcls train`, `serve`, `prepare`, `export onnx`, `hyperparameters`, scripts/*."""
 
 from __future__ import annotations
 
@@ -122,6 +122,95 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     batch.set_defaults(handler=_serve_batch)
 
 
+def _prepare(args: argparse.Namespace) -> int:
+    configure_threads()
+    from imgcls.data.job_folder import prepare_job
+    from imgcls.errors import ImgclsError
+    from imgcls.failure import failure_text
+    from imgcls.log import logger, setup_logging
+
+    setup_logging()
+    try:
+        job = prepare_job(
+            args.images_dir,
+            args.base_dir,
+            validation_fraction=args.validation_fraction,
+            resize=args.resize,
+            seed=args.seed,
+            force=args.force,
+        )
+    except ImgclsError as exc:
+        logger.error(failure_text(exc))
+        return 1
+    validation = sum(job.validation.counts) if job.validation else 0
+    logger.info(
+        "Prepared %s: %d classes, %d training and %d validation images, %d skipped; smallest "
+        "image %dx%d (set image_shape no larger in hyperparameters.json). "
+        "Train with: SAGEMAKER_BASE_DIR=%s imgcls train",
+        job.base_dir,
+        len(job.classes),
+        sum(job.train.counts),
+        validation,
+        len(job.bad),
+        job.train.min_size[1],
+        job.train.min_size[0],
+        job.base_dir,
+    )
+    return 0
+
+
+def _add_prepare(commands: argparse._SubParsersAction) -> None:
+    prepare = commands.add_parser(
+        "prepare", help="write a training job (RecordIO channels, config) from class folders"
+    )
+    prepare.add_argument("images_dir", type=Path, help="a folder with one subfolder per class")
+    prepare.add_argument("base_dir", type=Path, help="the job folder to write (SAGEMAKER_BASE_DIR)")
+    prepare.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=0.1,
+        help="share of each class kept for validation (default: 0.1; 0: no validation channel)",
+    )
+    prepare.add_argument(
+        "--resize", type=_positive_int, help="resize the shorter side to this many pixels"
+    )
+    prepare.add_argument("--seed", type=int, default=0, help="seed of the split and shuffle")
+    prepare.add_argument(
+        "--force", action="store_true", help="replace the job files already in BASE_DIR"
+    )
+    prepare.set_defaults(handler=_prepare)
+
+
+def _export_onnx(args: argparse.Namespace) -> int:
+    from imgcls.errors import ImgclsError
+    from imgcls.failure import failure_text
+    from imgcls.log import logger, setup_logging
+    from imgcls.model.onnx_export import export_onnx
+
+    setup_logging()
+    try:
+        done = export_onnx(args.model, args.out)
+    except ImgclsError as exc:
+        logger.error(failure_text(exc))
+        return 1
+    logger.info(
+        "Wrote %s (epoch %d): input 'data' float32 (N, %s) 0-255 pixels, output probabilities",
+        done.path,
+        done.epoch,
+        ", ".join(map(str, done.image_shape)),
+    )
+    return 0
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    export = commands.add_parser("export", help="write a trained model in another format")
+    formats = export.add_subparsers(dest="format", required=True)
+    onnx = formats.add_parser("onnx", help="ONNX, through MXNet's mx.onnx (needs imgcls[onnx])")
+    onnx.add_argument("model", type=Path, help="model folder or model.tar.gz")
+    onnx.add_argument("out", type=Path, help="the .onnx file to write")
+    onnx.set_defaults(handler=_export_onnx)
+
+
 def _hyperparameters(args: argparse.Namespace) -> int:
     from imgcls.config.hyperparameters import json_schema, markdown_table
 
@@ -144,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(handler=_train)
     _add_serve(commands)
+    _add_prepare(commands)
+    _add_export(commands)
 
     hyper = commands.add_parser("hyperparameters", help="print the hyperparameter table")
     hyper.add_argument(

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -59,7 +60,7 @@ def pack_images(
         with ThreadPoolExecutor(workers, thread_name_prefix="imgcls-pack") as pool:
             encode = _encoder(root, lst, channels)
             for position, (record, was_reencoded) in enumerate(
-                _in_order(pool, encode, entries, workers * IN_FLIGHT_PER_WORKER)
+                in_order(pool, encode, entries, workers * IN_FLIGHT_PER_WORKER)
             ):
                 writer.write_idx(position, record)
                 reencoded += was_reencoded
@@ -87,18 +88,55 @@ def pack_images(
 
 def _encoder(root: Path, lst: Path, channels: int) -> Callable[[LstEntry], tuple[bytes, bool]]:
     def encode(entry: LstEntry) -> tuple[bytes, bool]:
-        where = f"{lst}, line {entry.line}"
-        image = root / entry.path
-        data = _read(image, where, root)
-        decoded = _decode(data, channels, where, image)
-        reencode = not data.startswith(PASS_THROUGH_SIGNATURES)
-        if reencode:
-            data = _png(decoded, where)
         label = entry.labels if entry.labels.size > 1 else float(entry.labels[0])
-        header = mx.recordio.IRHeader(0, label, entry.index, 0)
-        return mx.recordio.pack(header, data), reencode
+        where = f"{lst}, line {entry.line}"
+        packed = encode_image(root, entry.path, label, entry.index, channels, where)
+        return packed.record, packed.reencoded
 
     return encode
+
+
+@dataclass(frozen=True)
+class Packed:
+    """One image as a RecordIO record, whether it was re-encoded, and its (height, width)."""
+
+    record: bytes
+    reencoded: bool
+    size: tuple[int, int]
+
+
+def encode_image(
+    root: Path,
+    relative: str | Path,
+    label: float | np.ndarray,
+    index: int,
+    channels: int,
+    where: str,
+    resize: int | None = None,
+) -> Packed:
+    """The record of the image `root/relative`, decoded first (ClientError naming `where`).
+
+    JPEG and PNG bytes are kept as they are; other formats become PNG; `resize` (shorter side, as
+    im2rec.py --resize) re-encodes as im2rec.py does, JPEG of quality 95.
+    """
+    image = root / relative
+    data = _read(image, where, root)
+    decoded = _decode(data, channels, where, image)
+    reencode = resize is not None or not data.startswith(PASS_THROUGH_SIGNATURES)
+    if resize is not None:
+        decoded = _shorter_side(decoded, resize)
+        data = _encoded(decoded, ".jpg", where, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    elif reencode:
+        data = _encoded(decoded, ".png", where)
+    header = mx.recordio.IRHeader(0, label, index, 0)
+    return Packed(mx.recordio.pack(header, data), reencode, decoded.shape[:2])
+
+
+def _shorter_side(image: np.ndarray, side: int) -> np.ndarray:
+    """Resized so that its shorter side is `side` (im2rec.py's arithmetic and interpolation)."""
+    height, width = image.shape[:2]
+    size = (side, height * side // width) if height > width else (width * side // height, side)
+    return cv2.resize(image, size).reshape(size[1], size[0], image.shape[2])
 
 
 def _read(image: Path, where: str, root: Path) -> bytes:
@@ -125,16 +163,16 @@ def _decode(data: bytes, channels: int, where: str, image: Path) -> np.ndarray:
         ) from None
 
 
-def _png(image: np.ndarray, where: str) -> bytes:
-    """Lossless re-encoding, BGR (or grey) as OpenCV expects."""
+def _encoded(image: np.ndarray, suffix: str, where: str, options: list[int] | None = None) -> bytes:
+    """Re-encoding (PNG: lossless), BGR (or grey) as OpenCV expects."""
     pixels = image[:, :, 0] if image.shape[2] == 1 else image[:, :, ::-1]
-    ok, encoded = cv2.imencode(".png", pixels)
+    ok, encoded = cv2.imencode(suffix, pixels, options or [])
     if not ok:
-        raise ClientError(f"{where}: the image decodes but cannot be re-encoded as PNG.")
+        raise ClientError(f"{where}: the image decodes but cannot be re-encoded as {suffix}.")
     return encoded.tobytes()
 
 
-def _in_order(
+def in_order(
     pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int
 ) -> Iterator[R]:
     """fn over items on the pool, results in order, at most `window` items in flight."""

@@ -21,6 +21,7 @@ from mxnet import gluon
 
 from imgcls.config.hyperparameters.table import DEPTHS
 from imgcls.errors import ClientError
+from imgcls.model import builtin
 from imgcls.model.archive import safe_extract
 from imgcls.model.networks import build_network, inference_network
 from imgcls.system import atomic_write
@@ -169,7 +170,7 @@ def reason(error: Exception) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def _load_arrays(path: Path) -> dict[str, mx.nd.NDArray]:
+def load_arrays(path: Path) -> dict[str, mx.nd.NDArray]:
     try:
         return mx.nd.load(str(path))
     except mx.MXNetError as e:
@@ -223,7 +224,7 @@ def _coerced(info: dict) -> dict:
 def stored_info(folder: Path, params: Path) -> dict:
     """The model's hyperparameters: imgcls-model.json, or inferred (e.g. built-in models)."""
     if not (folder / METADATA_FILE).exists():
-        shapes = [a.shape for a in _load_arrays(params).values()]
+        shapes = [a.shape for a in load_arrays(params).values()]
         num_layers, num_classes = _architecture(shapes, params)
         return {
             "num_layers": num_layers,
@@ -267,12 +268,15 @@ def load_training_weights(
     """Load a stored model's weights into the training network `net` (incremental training).
 
     `expected` holds the requested num_layers, num_classes (ints) and image_shape (3 ints); each
-    must equal the stored model's. The weights go to `ctx` when `net` is not initialised yet.
+    must equal the stored model's. A built-in algorithm's model is mapped onto `net` (builtin.py).
+    The weights go to `ctx` when `net` is not initialised yet.
     """
     with model_folder(model_dir_or_tar) as folder:
         _, params = latest_params(folder)
         _check_matches(stored_info(folder, params), expected, model_dir_or_tar)
-        arrays = _load_arrays(params)
+        arrays = load_arrays(params)
+    if builtin.is_builtin(arrays):
+        arrays = builtin.mapped_weights(net, arrays, str(model_dir_or_tar))
     try:
         net.collect_params().load_dict(arrays, ctx, allow_missing=False, ignore_extra=False)
     except AssertionError as e:

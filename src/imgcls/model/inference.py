@@ -11,6 +11,7 @@ import numpy as np
 from mxnet import gluon
 
 from imgcls.errors import ClientError
+from imgcls.model import builtin
 from imgcls.model.artifact import SYMBOL_FILE, latest_params, model_folder, reason, stored_info
 
 
@@ -34,6 +35,14 @@ class LoadedModel:
         return self.block(data).asnumpy()
 
 
+def _symbol_block(symbol_file: Path, params: Path, ctx: mx.Context) -> gluon.SymbolBlock:
+    """The stored network with probabilities as output (a built-in model's head without label)."""
+    sym = builtin.probability_symbol(mx.sym.load(str(symbol_file)))
+    block = gluon.SymbolBlock(sym, mx.sym.var("data"))
+    block.collect_params().load(str(params), ctx, cast_dtype=True, dtype_source="saved")
+    return block
+
+
 def load_model(model_dir: Path, ctx: mx.Context | None = None) -> LoadedModel:
     """Load the highest-epoch model of `model_dir` (a model folder, or one holding model.tar.gz)."""
     ctx = ctx or mx.cpu()
@@ -43,9 +52,7 @@ def load_model(model_dir: Path, ctx: mx.Context | None = None) -> LoadedModel:
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Cannot decide type", UserWarning)
-                block = gluon.SymbolBlock.imports(
-                    str(folder / SYMBOL_FILE), ["data"], str(params), ctx
-                )
+                block = _symbol_block(folder / SYMBOL_FILE, params, ctx)
         except (mx.MXNetError, AssertionError, ValueError) as e:
             raise ClientError(
                 f"Cannot load the model in {model_dir} ({SYMBOL_FILE}, {params.name}): "

@@ -12,6 +12,7 @@ from mxnet import gluon
 from imgcls.config.environment import Paths, runs_on_managed_platform
 from imgcls.config.hyperparameters import Hyperparameters
 from imgcls.config.job import JobConfig
+from imgcls.data.class_folders import read_class_names
 from imgcls.data.loaders import ChannelData, local_batches, train_iter, validation_iter
 from imgcls.errors import TrainingInterrupted
 from imgcls.log import logger
@@ -106,6 +107,8 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
     """Train, keep the model/ files the checkpoint policy asks for, and pack model.tar.gz."""
     hp = config.hp
     settings = hp.as_dict()
+    classes = read_class_names(config.channels["train"].path, hp.num_classes)
+    metadata = {**settings, "classes": classes}  # class names when the job has classes.json
     worker = worker_context()
     contexts = devices(mx.context.num_gpus())
     model_channel = config.channels.get("model")
@@ -116,7 +119,7 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
     writes_model = worker is None or worker.is_leader
     checkpoints = ModelCheckpoints(
         export=lambda epoch: artifact.export_model(
-            learner.net, paths.model_dir, epoch, hp.image_shape, hp.multi_label, settings
+            learner.net, paths.model_dir, epoch, hp.image_shape, hp.multi_label, metadata
         ),
         remove=lambda epoch: artifact.remove_params(paths.model_dir, epoch),
         frequency=hp.checkpoint_frequency,
