@@ -39,6 +39,7 @@ class Learner:
     loss_fn: gluon.loss.Loss
     contexts: list[mx.Context]
     dtype: str = "float32"
+    targets: Callable[[mx.nd.NDArray, mx.nd.NDArray], tuple] | None = None
 
     def split(self, array: mx.nd.NDArray) -> list[mx.nd.NDArray]:
         """One slice of the batch per device (mini_batch_size / devices each)."""
@@ -61,11 +62,16 @@ class EpochStats:
 
 
 def train_step(learner: Learner, data: mx.nd.NDArray, label: mx.nd.NDArray) -> tuple[list, list]:
-    """Forward and backward on every device, then one optimizer update of the whole batch."""
+    """Forward and backward on every device, then one optimizer update of the whole batch.
+
+    With soft targets (mixup, label smoothing) the loss sees those; the labels returned for the
+    metrics stay the hard ones."""
     labels = learner.split(label)
+    inputs, targets = learner.targets(data, label) if learner.targets else (data, label)
     with autograd.record():
-        outputs = learner.forward(data)
-        losses = [learner.loss_fn(o, y) for o, y in zip(outputs, labels, strict=True)]
+        outputs = learner.forward(inputs)
+        parts = zip(outputs, learner.split(targets), strict=True)
+        losses = [learner.loss_fn(o, y) for o, y in parts]
     autograd.backward(losses)
     learner.trainer.step(data.shape[0])
     return labels, outputs

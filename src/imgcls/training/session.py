@@ -28,9 +28,10 @@ from imgcls.training.early_stopping import EarlyStopping
 from imgcls.training.loop import EpochHooks, Learner, StopRequest, fit
 from imgcls.training.loss import loss_function
 from imgcls.training.metrics import classification_metrics
-from imgcls.training.optimizer import optimizer_params
+from imgcls.training.optimizer import exclude_from_weight_decay, optimizer_params
 from imgcls.training.resume import ResumeState
-from imgcls.training.schedule import lr_scheduler, updates_per_epoch
+from imgcls.training.schedule import schedule, updates_per_epoch
+from imgcls.training.targets import soft_targets
 
 FINGERPRINT_KEYS = ("num_layers", "num_classes", "image_shape", "multi_label", "optimizer")
 
@@ -73,17 +74,17 @@ def build_learner(
     else:
         kvstore = "device" if len(contexts) > 1 else None
     net.hybridize(static_alloc=True, static_shape=True)
-    schedule = lr_scheduler(
-        hp.lr_scheduler_step,
-        hp.lr_scheduler_factor,
-        hp.learning_rate,
-        updates_per_epoch(hp.num_training_samples, update_batch(hp.mini_batch_size, worker)),
+    lr_schedule = schedule(
+        hp, updates_per_epoch(hp.num_training_samples, update_batch(hp.mini_batch_size, worker))
     )
     trainer = gluon.Trainer(
-        net.collect_params(), hp.optimizer, optimizer_params(hp, schedule), kvstore=kvstore
+        net.collect_params(), hp.optimizer, optimizer_params(hp, lr_schedule), kvstore=kvstore
     )
-    loss = loss_function(hp.multi_label, positive_weights)
-    return Learner(net, trainer, loss, contexts, hp.precision_dtype)
+    if hp.no_bias_decay:
+        exclude_from_weight_decay(net, trainer)
+    targets = soft_targets(hp)
+    loss = loss_function(hp.multi_label, positive_weights, dense_targets=targets is not None)
+    return Learner(net, trainer, loss, contexts, hp.precision_dtype, targets)
 
 
 def update_batch(mini_batch_size: int, worker: WorkerContext | None) -> int:
