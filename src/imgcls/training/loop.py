@@ -143,11 +143,13 @@ def log_validation(epoch: int, values: list[tuple[str, float]]) -> None:
 
 @dataclass
 class EpochHooks:
-    """What the job does between epochs; `after_epoch` returns True to stop early."""
+    """What the job does between epochs; `after_epoch` returns True to stop early;
+    `after_validation` gets each epoch's validation accuracy."""
 
     validation_batches: Callable[[], mx.io.DataIter] | None
     after_epoch: Callable[[int, float | None], bool]
     aggregate: Callable[[mx.metric.EvalMetric], None] | None = None
+    after_validation: Callable[[int, float], None] | None = None
 
 
 def fit(
@@ -178,5 +180,7 @@ def fit(
                 values = validation_metrics.get_name_value()
             log_validation(epoch, values)
             accuracy = dict(values)["accuracy"]
+            if hooks.after_validation is not None:
+                hooks.after_validation(epoch, accuracy)
         if hooks.after_epoch(epoch, accuracy):
             return

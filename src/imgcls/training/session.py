@@ -25,6 +25,7 @@ from imgcls.training.distributed.worker import (
     worker_context,
 )
 from imgcls.training.early_stopping import EarlyStopping
+from imgcls.training.endpoint import after_validation, endpoint_check, served_shorter_side
 from imgcls.training.loop import EpochHooks, Learner, StopRequest, fit
 from imgcls.training.loss import loss_function
 from imgcls.training.metrics import classification_metrics
@@ -97,7 +98,11 @@ def update_batch(mini_batch_size: int, worker: WorkerContext | None) -> int:
 def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None:
     """Train, keep the model/ files the checkpoint policy asks for, and pack model.tar.gz."""
     hp = config.hp
-    settings = hp.as_dict()
+    serving_side = served_shorter_side(hp, data["train"])
+    settings = {
+        **hp.as_dict(),
+        **artifact.preprocessing_metadata(hp.inference_preprocessing, serving_side),
+    }
     worker = worker_context()
     contexts = devices(mx.context.num_gpus())
     model_channel = config.channels.get("model")
@@ -149,6 +154,8 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
 
     validation = data.get("validation")
     parts = (worker.num_hosts, worker.host_index) if worker else (1, 0)
+    aggregate = (lambda metric: aggregate_metrics(metric, worker.collective)) if worker else None
+    check = endpoint_check(hp, validation, serving_side, parts)
     hooks = EpochHooks(
         validation_batches=(
             (lambda: validation_iter(validation, hp, hp.mini_batch_size, *parts))
@@ -156,7 +163,8 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
             else None
         ),
         after_epoch=after_epoch,
-        aggregate=(lambda metric: aggregate_metrics(metric, worker.collective)) if worker else None,
+        aggregate=aggregate,
+        after_validation=after_validation(check, learner, aggregate) if check else None,
     )
     stop = StopRequest()
     stop.install()
