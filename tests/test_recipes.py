@@ -14,6 +14,7 @@ from imgcls.config.hyperparameters import parse_hyperparameters
 from imgcls.errors import HyperparameterError
 from imgcls.training.loop import Learner, train_step
 from imgcls.training.optimizer import optimizer_params
+from imgcls.training.resume import ResumeState
 from imgcls.training.schedule import schedule
 from imgcls.training.session import build_learner
 from imgcls.training.targets import SoftTargets
@@ -220,7 +221,31 @@ def test_no_bias_decay_zeroes_the_multipliers_of_biases_and_batchnorm(no_bias_de
     expected = {name: 0.0 if no_bias_decay and name in exempt else 1.0 for name in trainable}
     assert {name: params[name].wd_mult for name in trainable} == expected
     # A kvstore server gets the optimizer pickled without the parameters: it reads the indices.
+    numbered = {i: p.name for i, p in learner.trainer.optimizer.param_dict.items()}
     server = pickle.loads(pickle.dumps(learner.trainer.optimizer))
-    indices = [i for i, name in enumerate(params) if name in expected]
-    wds = dict(zip(trainable, server._get_wds(indices), strict=True))
+    assert server.param_dict == {}
+    wds = {numbered[i]: server._get_wds([i])[0] for i in numbered if numbered[i] in expected}
     assert wds == pytest.approx({name: 0.01 * mult for name, mult in expected.items()})
+
+
+def test_a_resumed_job_continues_the_schedule_and_keeps_the_multipliers(tmp_path) -> None:
+    hp = hyperparameters(
+        lr_scheduler="cosine", warmup_epochs="1", epochs="5", no_bias_decay="1", mixup_alpha="0.2"
+    )
+    learner = build_learner(hp, [mx.cpu()], None)
+    rng = np.random.default_rng(0)
+    done = PER_EPOCH + 3
+    for _ in range(done):
+        data = mx.nd.array(rng.uniform(0, 255, (2, 3, 16, 16)))
+        train_step(learner, data, mx.nd.array([0, 1]))
+    ResumeState(tmp_path / "c", tmp_path / "m", {}).save(learner.net, learner.trainer, {})
+    resumed = build_learner(hp, [mx.cpu()], None)
+    ResumeState(tmp_path / "c", tmp_path / "m", {}).load(resumed.net, resumed.trainer, [mx.cpu()])
+    total, warmup = 5 * PER_EPOCH, PER_EPOCH
+    expected = BASE_LR * (1 + math.cos(math.pi * (done - warmup) / (total - warmup))) / 2
+    assert resumed.trainer.optimizer.num_update == done
+    assert resumed.trainer.learning_rate == pytest.approx(expected, rel=1e-6)
+    numbered = resumed.trainer.optimizer.param_dict
+    zero = {p.name for i, p in numbered.items() if resumed.trainer.optimizer._get_wds([i])[0] == 0}
+    assert exempt_parameters(resumed.net) <= zero
+    assert not any(name.endswith("_weight") for name in zero)

@@ -34,10 +34,8 @@ def exclude_from_weight_decay(net: gluon.Block, trainer: gluon.Trainer) -> None:
     table: a kvstore server receives the optimizer pickled without its parameters.
     """
     exempt = set(net.collect_params(NO_DECAY_PATTERN).keys())
-    for name, param in net.collect_params().items():
-        if name in exempt:
-            param.wd_mult = 0.0
-    # The trainer numbers the parameters in collect_params' order.
-    trainer.optimizer.set_wd_mult(
-        {index: 0.0 for index, name in enumerate(net.collect_params()) if name in exempt}
-    )
+    for name in exempt:
+        net.collect_params()[name].wd_mult = 0.0
+    # The trainer numbers the parameters its own way; param_dict maps its numbers to them.
+    numbered = trainer.optimizer.param_dict.items()
+    trainer.optimizer.set_wd_mult({i: 0.0 for i, param in numbered if param.name in exempt})
