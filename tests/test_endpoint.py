@@ -75,7 +75,9 @@ def record_iter_output(rec: Path, resize: int) -> np.ndarray:
     return np.stack([batch.data[0].asnumpy()[0] for batch in native])
 
 
-@pytest.mark.parametrize(("height", "width", "resize"), [(36, 48, 36), (48, 36, 40), (37, 53, 33)])
+@pytest.mark.parametrize(
+    ("height", "width", "resize"), [(36, 48, 36), (48, 36, 40), (37, 53, 33), (200, 150, 35)]
+)
 def test_crop_preprocessing_is_image_record_iters_resize_and_centre_crop(
     tmp_path: Path, height: int, width: int, resize: int
 ) -> None:
@@ -84,11 +86,8 @@ def test_crop_preprocessing_is_image_record_iters_resize_and_centre_crop(
     rec = write_images(tmp_path / "v.rec", images, [0] * 4)
     native = record_iter_output(rec, resize)
     ours = np.stack([prepare(png(image), SHAPE, shorter_side=resize)[0] for image in images])
-    difference = np.abs(ours - native)
-    # Both resize with OpenCV's INTER_LINEAR; the OpenCV builds (MXNet's, opencv-python) round
-    # the odd pixel differently: at most 1 of 255, on a small share of the pixels.
-    assert difference.max() <= 1
-    assert (difference > 0).mean() < 0.05
+    # Both resize with OpenCV's INTER_LINEAR: measured identical, up- and downscaling alike.
+    np.testing.assert_array_equal(ours, native)
     squashed = np.stack([prepare(png(image), SHAPE)[0] for image in images])
     assert np.abs(squashed - native).mean() > 20  # the default still squashes
 
