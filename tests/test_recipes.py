@@ -8,6 +8,7 @@ import pickle
 import mxnet as mx
 import numpy as np
 import pytest
+from conftest import TINY_HYPERPARAMETERS, balanced_labels
 from mxnet import autograd, gluon
 
 from imgcls.config.hyperparameters import parse_hyperparameters
@@ -249,3 +250,35 @@ def test_a_resumed_job_continues_the_schedule_and_keeps_the_multipliers(tmp_path
     zero = {p.name for i, p in numbered.items() if resumed.trainer.optimizer._get_wds([i])[0] == 0}
     assert exempt_parameters(resumed.net) <= zero
     assert not any(name.endswith("_weight") for name in zero)
+
+
+@pytest.mark.parametrize("multi_label", ["0", "1"])
+def test_a_job_with_every_extension_early_stopping_and_checkpoints(make_job, multi_label):
+    job = make_job()
+    job.hyperparameters(
+        {
+            **TINY_HYPERPARAMETERS,
+            "num_training_samples": "128",
+            "epochs": "4",
+            "multi_label": multi_label,
+            "lr_scheduler": "cosine",
+            "warmup_epochs": "1",
+            "label_smoothing": "0.1",
+            "mixup_alpha": "0.2",
+            "no_bias_decay": "1",
+            "early_stopping": "True",
+            "early_stopping_min_epochs": "1",
+            "early_stopping_patience": "1",
+            "checkpoint_frequency": "2",
+        }
+    )
+    labels = balanced_labels(128, 4)
+    if multi_label == "1":
+        labels = [[float(i == label) for i in range(4)] for label in labels]
+    job.rec_channel("train", labels, seed=1)
+    job.rec_channel("validation", labels[:64], seed=2)
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Epoch[0] Validation-accuracy=" in result.stdout
+    assert "Validation-endpoint_accuracy" not in result.stdout  # 16x16 images: nothing differs
+    assert list(job.model_dir.glob("image-classification-*.params"))

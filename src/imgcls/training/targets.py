@@ -24,7 +24,7 @@ class SoftTargets:
     multi_label: bool
     label_smoothing: float = 0.0
     mixup_alpha: float = 0.0
-    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
     def __call__(
         self, data: mx.nd.NDArray, label: mx.nd.NDArray
