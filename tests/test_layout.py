@@ -99,7 +99,7 @@ def test_the_fields_check_catches_a_drift(monkeypatch) -> None:
     monkeypatch.setattr(fields, "PARAMS", renamed)
     with pytest.raises(TypeError, match="differ from PARAMS"):
         check_fields()
-    retyped = (*PARAMS[:-1], type(PARAMS[-1])(**{**vars(PARAMS[-1]), "type": int}))
+    retyped = (*PARAMS[:-1], type(PARAMS[-1])(**{**vars(PARAMS[-1]), "type": bytes}))
     monkeypatch.setattr(fields, "PARAMS", retyped)
     with pytest.raises(TypeError, match="wrong type"):
         check_fields()

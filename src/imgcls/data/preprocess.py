@@ -1,7 +1,10 @@
-"""Image bytes -> network input, shared by serving and by the image-channel packer.
+"""Image bytes -> network input, shared by serving, the image-channel packer and the
+endpoint-equivalent validation figure that training logs.
 
 OpenCV decodes, as MXNet's own image decoder does, so served images match trained ones:
-CMYK JPEGs, 16-bit PNGs and PNGs with alpha all come out as 8-bit RGB (or grey).
+CMYK JPEGs, 16-bit PNGs and PNGs with alpha all come out as 8-bit RGB (or grey). The network
+input is the contract's squash to image_shape, or (inference_preprocessing=crop) what
+validation does: the shorter side resized, then a centre crop.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from imgcls.data.augmentation import validation_augmenter_args
+from imgcls.data.pipe.image_aug_default import augment_image
 from imgcls.errors import ClientError
 
 MAX_PIXELS = 64_000_000
@@ -78,7 +83,33 @@ def to_network_input(images: list[np.ndarray]) -> np.ndarray:
     return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32)
 
 
-def prepare(data: bytes, image_shape: tuple[int, int, int], where: str = "the image") -> np.ndarray:
-    """Bytes -> 1xCxHxW float32, as the contract's inference preprocessing says."""
+def resize_and_crop(
+    image: np.ndarray, shorter_side: int, height: int, width: int, where: str = "the image"
+) -> np.ndarray:
+    """Shorter side resized to `shorter_side`, then the centre height x width: ImageRecordIter's
+    validation augmenter (its OpenCV port, which Pipe-mode validation uses too)."""
+    args = validation_augmenter_args(shorter_side)
+    return augment_image(image, args, (height, width), np.random.default_rng(0), where)
+
+
+def crop_shorter_side(
+    resize: int | None, image_shape: tuple[int, int, int], smallest_side: int = 0
+) -> int:
+    """The shorter side inference_preprocessing=crop resizes to: `resize` when set, else the
+    training images' own scale (their smallest shorter side), at least image_shape's sides."""
+    return resize or max(smallest_side, image_shape[1], image_shape[2])
+
+
+def prepare(
+    data: bytes,
+    image_shape: tuple[int, int, int],
+    where: str = "the image",
+    shorter_side: int | None = None,
+) -> np.ndarray:
+    """Bytes -> 1xCxHxW float32: squashed to image_shape, as the contract's inference
+    preprocessing says, or with `shorter_side` resized and centre-cropped (crop)."""
     channels, height, width = image_shape
-    return to_network_input([resize_exact(decode_image(data, channels, where), height, width)])
+    image = decode_image(data, channels, where)
+    if shorter_side is None:
+        return to_network_input([resize_exact(image, height, width)])
+    return to_network_input([resize_and_crop(image, shorter_side, height, width, where)])

@@ -34,6 +34,7 @@ TARBALL = "model.tar.gz"
 _PARAMS_RE = re.compile(rf"{re.escape(PREFIX)}-(\d{{4,}})\.params")
 _CHECKED = ("num_layers", "image_shape", "num_classes")
 _REQUIRED = (*_CHECKED, "multi_label")
+CROP_SIDE_KEY = "inference_shorter_side"
 
 
 def params_path(model_dir: Path, epoch: int) -> Path:
@@ -213,7 +214,23 @@ _CASTS: dict[str, Callable[[Any], Any]] = {
     "num_classes": int,
     "image_shape": lambda shape: tuple(int(n) for n in shape),
     "multi_label": bool,
+    CROP_SIDE_KEY: int,
 }
+
+
+def crop_side(info: dict) -> int | None:
+    """The shorter side a model served with inference_preprocessing=crop resizes images to;
+    None for the contract's squash (also for models without the setting, e.g. the built-in's)."""
+    if info.get("inference_preprocessing", "squash") != "crop":
+        return None
+    return info[CROP_SIDE_KEY]
+
+
+def preprocessing_metadata(inference_preprocessing: str, shorter_side: int | None) -> dict:
+    """What imgcls-model.json records of the served preprocessing."""
+    if inference_preprocessing != "crop":
+        return {"inference_preprocessing": inference_preprocessing}
+    return {"inference_preprocessing": "crop", CROP_SIDE_KEY: shorter_side}
 
 
 def _coerced(info: dict) -> dict:
@@ -236,6 +253,8 @@ def stored_info(folder: Path, params: Path) -> dict:
     try:
         if missing := set(_REQUIRED) - info.keys():
             raise KeyError(f"lacks {sorted(missing)}")
+        if info.get("inference_preprocessing") == "crop" and CROP_SIDE_KEY not in info:
+            raise KeyError(f"inference_preprocessing 'crop' without {CROP_SIDE_KEY!r}")
         return _coerced(info)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise ClientError(

@@ -12,7 +12,14 @@ from mxnet import gluon
 
 from imgcls.errors import ClientError
 from imgcls.model import builtin
-from imgcls.model.artifact import SYMBOL_FILE, latest_params, model_folder, reason, stored_info
+from imgcls.model.artifact import (
+    SYMBOL_FILE,
+    crop_side,
+    latest_params,
+    model_folder,
+    reason,
+    stored_info,
+)
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,11 @@ class LoadedModel:
     epoch: int
     metadata: dict
     ctx: mx.Context = field(default_factory=mx.cpu)
+
+    @property
+    def crop_side(self) -> int | None:
+        """The shorter side images are resized to before a centre crop; None: squash."""
+        return crop_side(self.metadata)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Per-class probabilities, shape (N, num_classes), of a float32 (N, C, H, W) batch."""

@@ -26,7 +26,7 @@ class Predictor:
 
     def predict(self, data: bytes, where: str = "the image") -> np.ndarray:
         """The probabilities (num_classes,) of the image in `data`; ClientError if not an image."""
-        batch = prepare(data, self.model.image_shape, where)
+        batch = prepare(data, self.model.image_shape, where, self.model.crop_side)
         with self._lock:
             return self.model.predict(batch)[0]
 

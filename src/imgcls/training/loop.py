@@ -43,6 +43,7 @@ class Learner:
     contexts: list[mx.Context]
     dtype: str = "float32"
     hosts_per_update: int = 1
+    targets: Callable[[mx.nd.NDArray, mx.nd.NDArray], tuple] | None = None
 
     def split(self, array: mx.nd.NDArray) -> list[mx.nd.NDArray]:
         """One slice of the batch per device (mini_batch_size / devices each)."""
@@ -69,12 +70,16 @@ def train_step(learner: Learner, data: mx.nd.NDArray, label: mx.nd.NDArray) -> t
 
     The gradients are normalised by the samples the update sums: with dist_sync the servers
     add every host's gradients, so that is this batch times the number of hosts (as MXNet's
-    Module does); the first step's value goes to the servers with the optimizer.
+    Module does); the first step's value goes to the servers with the optimizer. With soft
+    targets (mixup, label smoothing) the loss sees those; the labels returned for the metrics
+    stay the hard ones.
     """
     labels = learner.split(label)
+    inputs, targets = learner.targets(data, label) if learner.targets else (data, label)
     with autograd.record():
-        outputs = learner.forward(data)
-        losses = [learner.loss_fn(o, y) for o, y in zip(outputs, labels, strict=True)]
+        outputs = learner.forward(inputs)
+        parts = zip(outputs, learner.split(targets), strict=True)
+        losses = [learner.loss_fn(o, y) for o, y in parts]
     autograd.backward(losses)
     learner.trainer.step(data.shape[0] * learner.hosts_per_update)
     return labels, outputs
@@ -146,11 +151,13 @@ def log_validation(epoch: int, values: list[tuple[str, float]]) -> None:
 
 @dataclass
 class EpochHooks:
-    """What the job does between epochs; `after_epoch` returns True to stop early."""
+    """What the job does between epochs; `after_epoch` returns True to stop early;
+    `after_validation` gets each epoch's validation accuracy."""
 
     validation_batches: Callable[[], mx.io.DataIter] | None
     after_epoch: Callable[[int, float | None], bool]
     aggregate: Callable[[mx.metric.EvalMetric], None] | None = None
+    after_validation: Callable[[int, float], None] | None = None
 
 
 def fit(
@@ -181,5 +188,7 @@ def fit(
                 values = validation_metrics.get_name_value()
             log_validation(epoch, values)
             accuracy = dict(values)["accuracy"]
+            if hooks.after_validation is not None:
+                hooks.after_validation(epoch, accuracy)
         if hooks.after_epoch(epoch, accuracy):
             return

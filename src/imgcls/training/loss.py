@@ -10,12 +10,15 @@ from mxnet import gluon
 
 
 def loss_function(
-    multi_label: bool, positive_weights: Callable[[], np.ndarray] | None = None
+    multi_label: bool,
+    positive_weights: Callable[[], np.ndarray] | None = None,
+    dense_targets: bool = False,
 ) -> gluon.loss.Loss:
-    """Softmax cross-entropy; multi-label: sigmoid cross-entropy per class, with each class's
-    positives weighted by `positive_weights()` when given (use_weighted_loss)."""
+    """Softmax cross-entropy (of class indices, or of per-class targets when `dense_targets`);
+    multi-label: sigmoid cross-entropy per class, with each class's positives weighted by
+    `positive_weights()` when given (use_weighted_loss)."""
     if not multi_label:
-        return gluon.loss.SoftmaxCrossEntropyLoss()
+        return gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=not dense_targets)
     if positive_weights is None:
         return gluon.loss.SigmoidBinaryCrossEntropyLoss()
     return PositiveWeightedSigmoidLoss(positive_weights)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import mxnet as mx
+from mxnet import gluon
 
 from imgcls.config.hyperparameters import Hyperparameters
+
+# Biases and BatchNorm's scale and shift (no_bias_decay), as GluonCV selects them.
+NO_DECAY_PATTERN = ".*bias|.*gamma|.*beta"
 
 
 def optimizer_params(hp: Hyperparameters, lr_schedule: mx.lr_scheduler.LRScheduler | None) -> dict:
@@ -21,3 +25,17 @@ def optimizer_params(hp: Hyperparameters, lr_schedule: mx.lr_scheduler.LRSchedul
     elif hp.optimizer == "rmsprop":
         params.update(gamma1=hp.gamma, epsilon=hp.eps)
     return params
+
+
+def exclude_from_weight_decay(net: gluon.Block, trainer: gluon.Trainer) -> None:
+    """wd_mult 0 for biases and BatchNorm's gamma and beta (no_bias_decay).
+
+    Set on the parameters (what a local update reads) and, by index, in the optimizer's own
+    table: a kvstore server receives the optimizer pickled without its parameters.
+    """
+    exempt = set(net.collect_params(NO_DECAY_PATTERN).keys())
+    for name in exempt:
+        net.collect_params()[name].wd_mult = 0.0
+    # The trainer numbers the parameters its own way; param_dict maps its numbers to them.
+    numbered = trainer.optimizer.param_dict.items()
+    trainer.optimizer.set_wd_mult({i: 0.0 for i, param in numbered if param.name in exempt})

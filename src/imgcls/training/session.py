@@ -27,12 +27,14 @@ from imgcls.training.distributed.worker import (
     worker_context,
 )
 from imgcls.training.early_stopping import EarlyStopping
+from imgcls.training.endpoint import after_validation, endpoint_check, served_shorter_side
 from imgcls.training.loop import EpochHooks, Learner, StopRequest, fit
 from imgcls.training.loss import loss_function
 from imgcls.training.metrics import classification_metrics
-from imgcls.training.optimizer import optimizer_params
+from imgcls.training.optimizer import exclude_from_weight_decay, optimizer_params
 from imgcls.training.resume import ResumeState
-from imgcls.training.schedule import continue_schedule, lr_scheduler, updates_per_epoch
+from imgcls.training.schedule import continue_schedule, schedule, updates_per_epoch
+from imgcls.training.targets import soft_targets
 
 FINGERPRINT_KEYS = ("num_layers", "num_classes", "image_shape", "multi_label", "optimizer")
 
@@ -75,17 +77,23 @@ def build_learner(
     else:
         kvstore = "device" if len(contexts) > 1 else None
     net.hybridize(static_alloc=True, static_shape=True)
-    schedule = lr_scheduler(
-        hp.lr_scheduler_step,
-        hp.lr_scheduler_factor,
-        hp.learning_rate,
-        job_updates_per_epoch(hp, worker),
-    )
+    lr_schedule = schedule(hp, job_updates_per_epoch(hp, worker))
     trainer = gluon.Trainer(
-        net.collect_params(), hp.optimizer, optimizer_params(hp, schedule), kvstore=kvstore
+        net.collect_params(), hp.optimizer, optimizer_params(hp, lr_schedule), kvstore=kvstore
     )
-    loss = loss_function(hp.multi_label, positive_weights)
-    return Learner(net, trainer, loss, contexts, hp.precision_dtype, hosts_per_update(worker))
+    if hp.no_bias_decay:
+        exclude_from_weight_decay(net, trainer)
+    targets = soft_targets(hp)
+    loss = loss_function(hp.multi_label, positive_weights, dense_targets=targets is not None)
+    return Learner(
+        net,
+        trainer,
+        loss,
+        contexts,
+        hp.precision_dtype,
+        hosts_per_update=hosts_per_update(worker),
+        targets=targets,
+    )
 
 
 def hosts_per_update(worker: WorkerContext | None) -> int:
@@ -106,7 +114,11 @@ def job_updates_per_epoch(hp: Hyperparameters, worker: WorkerContext | None) -> 
 def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None:
     """Train, keep the model/ files the checkpoint policy asks for, and pack model.tar.gz."""
     hp = config.hp
-    settings = hp.as_dict()
+    serving_side = served_shorter_side(hp, data["train"])
+    settings = {
+        **hp.as_dict(),
+        **artifact.preprocessing_metadata(hp.inference_preprocessing, serving_side),
+    }
     classes = read_class_names(config.channels["train"].path, hp.num_classes)
     metadata = {**settings, "classes": classes}  # class names when the job has classes.json
     worker = worker_context()
@@ -159,6 +171,10 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
         return stop
 
     validation = data.get("validation")
+    aggregate = (lambda metric: aggregate_metrics(metric, worker.collective)) if worker else None
+    check = endpoint_check(
+        hp, validation, serving_side, _part(validation, worker) if validation else (1, 0)
+    )
     hooks = EpochHooks(
         validation_batches=(
             (lambda: validation_iter(validation, hp, hp.mini_batch_size, _part(validation, worker)))
@@ -166,7 +182,8 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
             else None
         ),
         after_epoch=after_epoch,
-        aggregate=(lambda metric: aggregate_metrics(metric, worker.collective)) if worker else None,
+        aggregate=aggregate,
+        after_validation=after_validation(check, learner, aggregate) if check else None,
     )
     stop = StopRequest()
     stop.install()

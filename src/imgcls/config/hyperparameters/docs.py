@@ -22,6 +22,14 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+EXTENSION_MARK = "*imgcls extension.*"
+
+
+def description(p: Param) -> str:
+    """The parameter's description, marked when it is an imgcls extension of the built-in's."""
+    return f"{EXTENSION_MARK} {p.description}" if p.extension else p.description
+
+
 def markdown_table() -> str:
     """The hyperparameter table in Markdown, one row per parameter."""
     rows = [
@@ -30,7 +38,7 @@ def markdown_table() -> str:
     ]
     for p in PARAMS:
         default = wire_form(p, p.default) or "—"
-        cells = (p.name, "yes" if p.required else "no", valid_values(p), default, p.description)
+        cells = (p.name, "yes" if p.required else "no", valid_values(p), default, description(p))
         rows.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(rows) + "\n"
 
@@ -71,7 +79,7 @@ def _property_schema(p: Param) -> dict[str, Any]:
     forms = [{"type": "string", "pattern": _string_pattern(p)}, *_native_forms(p)]
     if not p.required:
         forms.append({"type": "null"})
-    schema: dict[str, Any] = {"description": f"{valid_values(p)}. {p.description}"}
+    schema: dict[str, Any] = {"description": f"{valid_values(p)}. {description(p)}"}
     default = wire_form(p, p.default)
     if default:
         schema["default"] = default

@@ -48,6 +48,12 @@ class Hyperparameters:
     use_pretrained_model: bool
     use_weighted_loss: bool
     weight_decay: float
+    inference_preprocessing: str
+    label_smoothing: float
+    lr_scheduler: str
+    mixup_alpha: float
+    no_bias_decay: bool
+    warmup_epochs: int
 
     @property
     def channels(self) -> int:

@@ -60,6 +60,21 @@ def _steps_within_epochs(c: Check) -> Iterator[str]:
         )
 
 
+def _warmup_within_schedule(c: Check) -> Iterator[str]:
+    """warmup_epochs < epochs, and with lr_scheduler=step ≤ the first step epoch."""
+    warmup, epochs = c.values.get("warmup_epochs"), c.values.get("epochs")
+    if not warmup or epochs is None:
+        return
+    if warmup >= epochs:
+        yield f"{c.shown('warmup_epochs')} must be < epochs, got {c.shown('epochs')}"
+    steps = c.values.get("lr_scheduler_step")
+    if c.values.get("lr_scheduler") == "step" and steps and warmup > steps[0]:
+        yield (
+            f"{c.shown('warmup_epochs')} must end by the first step epoch, got "
+            f"{c.shown('lr_scheduler_step')}: shorten the warm-up or move the first step"
+        )
+
+
 def _resize_exceeds_shape(c: Check) -> Iterator[str]:
     """resize > image_shape's height and width."""
     resize, shape = c.values.get("resize"), c.values.get("image_shape")
@@ -171,6 +186,28 @@ def _early_stopping_options_unused(c: Check) -> Iterator[str]:
         yield f"early_stopping is False, so these have no effect: {', '.join(given)}"
 
 
+def _step_options_unused(c: Check) -> Iterator[str]:
+    """Warn when lr_scheduler_step or lr_scheduler_factor is given with lr_scheduler=cosine."""
+    if c.values["lr_scheduler"] != "cosine":
+        return
+    given = [
+        c.shown(name)
+        for name in ("lr_scheduler_step", "lr_scheduler_factor")
+        if c.raw.get(name) is not None
+    ]
+    if given:
+        yield f"lr_scheduler='cosine', so these have no effect: {', '.join(given)}"
+
+
+def _no_bias_decay_unused(c: Check) -> Iterator[str]:
+    """Warn when no_bias_decay meets an optimizer that has no weight decay."""
+    if c.values["no_bias_decay"] and c.values["optimizer"] not in ("sgd", "nag"):
+        yield (
+            f"{c.shown('no_bias_decay')} has no effect: {c.shown('optimizer')} applies no "
+            "weight decay (only sgd and nag do)"
+        )
+
+
 def _kv_store_single_host(c: Check) -> Iterator[str]:
     """Warn when kv_store is set on a single host (with a context)."""
     if c.context is not None and c.context.num_hosts == 1 and c.values["kv_store"] is not None:
@@ -180,6 +217,7 @@ def _kv_store_single_host(c: Check) -> Iterator[str]:
 ERROR_RULES: tuple[Callable[[Check], Iterator[str]], ...] = (
     _checkpoint_within_epochs,
     _steps_within_epochs,
+    _warmup_within_schedule,
     _resize_exceeds_shape,
     _pretrained_fits,
     _weighted_loss_needs_multi_label,
@@ -191,5 +229,7 @@ ERROR_RULES: tuple[Callable[[Check], Iterator[str]], ...] = (
 WARNING_RULES: tuple[Callable[[Check], Iterator[str]], ...] = (
     _depth_fits_image_size,
     _early_stopping_options_unused,
+    _step_options_unused,
+    _no_bias_decay_unused,
     _kv_store_single_host,
 )

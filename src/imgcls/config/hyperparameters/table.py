@@ -46,6 +46,7 @@ class Param:
     exclusive_minimum: float | None = None
     choices: tuple[Any, ...] = ()
     kind: Kind | None = None
+    extension: bool = False
 
 
 def _unit_float(name: str, default: float, description: str) -> Param:
@@ -65,7 +66,7 @@ def _zero_one(name: str, description: str) -> Param:
     return Param(name=name, type=bool, default=False, description=description, kind=Kind.ZERO_ONE)
 
 
-PARAMS: tuple[Param, ...] = (
+BUILT_IN_PARAMS: tuple[Param, ...] = (
     Param(
         name="num_classes",
         type=int,
@@ -238,4 +239,85 @@ PARAMS: tuple[Param, ...] = (
     ),
 )
 
+# imgcls extensions: not in the built-in algorithm; each default leaves its behaviour unchanged.
+EXTENSION_PARAMS: tuple[Param, ...] = (
+    Param(
+        name="inference_preprocessing",
+        type=str,
+        default="squash",
+        choices=("squash", "crop"),
+        extension=True,
+        description=(
+            "how the served model (endpoint and batch scoring) turns an image into the network "
+            "input. `squash`: the contract's resize to image_shape without keeping the aspect "
+            "ratio. `crop`: what validation does: the shorter side resized (to `resize` when "
+            "set, else to the smallest shorter side of the training images, at least "
+            "image_shape's height and width), then a centre crop to image_shape. Recorded in "
+            "the model's imgcls-model.json; a model without it is served with `squash`"
+        ),
+    ),
+    Param(
+        name="label_smoothing",
+        type=float,
+        default=0.0,
+        minimum=0,
+        maximum=0.5,
+        extension=True,
+        description=(
+            "ε: training targets (1 − ε)·one-hot + ε/num_classes; multi-label: (1 − ε)·y + ε/2 "
+            "per class. 0: off. The logged train accuracy still compares the prediction with "
+            "the hard label"
+        ),
+    ),
+    Param(
+        name="lr_scheduler",
+        type=str,
+        default="step",
+        choices=("step", "cosine"),
+        extension=True,
+        description=(
+            "`step`: the built-in's schedule (lr_scheduler_step, lr_scheduler_factor). "
+            "`cosine`: after any warm-up, the learning rate follows a half cosine from "
+            "learning_rate down to 0 over the remaining updates of the `epochs` "
+            "(lr_scheduler_step and lr_scheduler_factor are ignored)"
+        ),
+    ),
+    Param(
+        name="mixup_alpha",
+        type=float,
+        default=0.0,
+        minimum=0,
+        extension=True,
+        description=(
+            "mixup: each training batch becomes λ·x + (1 − λ)·x' of itself and a shuffled copy, "
+            "targets mixed alike, λ = max(b, 1 − b) with b ~ Beta(α, α) drawn per batch. 0: "
+            "off. Works with multi_label. The logged train accuracy then compares the "
+            "prediction on the mixed image with its own (dominant, λ ≥ 0.5) label"
+        ),
+    ),
+    Param(
+        name="no_bias_decay",
+        type=bool,
+        default=False,
+        kind=Kind.ZERO_ONE,
+        extension=True,
+        description=(
+            "1: no weight decay on biases and BatchNorm's gamma and beta (weight_decay then "
+            "applies to convolution and fully connected weights only)"
+        ),
+    ),
+    Param(
+        name="warmup_epochs",
+        type=int,
+        default=0,
+        minimum=0,
+        extension=True,
+        description=(
+            "epochs of linear learning-rate warm-up from 0 to learning_rate, counted in "
+            "updates; with `lr_scheduler=step` it must end by the first lr_scheduler_step epoch"
+        ),
+    ),
+)
+
+PARAMS: tuple[Param, ...] = BUILT_IN_PARAMS + EXTENSION_PARAMS
 PARAMS_BY_NAME: Mapping[str, Param] = {p.name: p for p in PARAMS}
