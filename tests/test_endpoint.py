@@ -180,7 +180,7 @@ def test_crop_preprocessing_serves_what_validation_measured(tmp_path: Path) -> N
 def channel(path: Path, size: tuple[int, int], pipe: object = None) -> ChannelData:
     rng = np.random.default_rng(0)
     write_images(path, [rng.integers(0, 256, (*size, 3), dtype=np.uint8)] * 2, [0, 1])
-    return ChannelData("validation", path.parent, [path], RecordStats(files=[path]), pipe)
+    return ChannelData("validation", path.parent, [path], RecordStats(files=[path]), pipe=pipe)
 
 
 def test_no_endpoint_figure_when_validation_sees_what_the_endpoint_sees(tmp_path: Path) -> None:

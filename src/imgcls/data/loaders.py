@@ -25,6 +25,7 @@ import numpy as np
 
 from imgcls.config.channels import DATA_CHANNELS, Channel
 from imgcls.config.environment import Paths
+from imgcls.config.hyperparameters import Hyperparameters
 from imgcls.data.augmentation import train_augmenter_args, validation_augmenter_args
 from imgcls.data.labels import (
     LABEL_FORMATS,
@@ -97,7 +98,9 @@ class ChannelData:
         return f"{len(self.files)} file(s), {self.count} images"
 
 
-def load_channels(paths: Paths, channels: dict[str, Channel], hp) -> dict[str, ChannelData]:
+def load_channels(
+    paths: Paths, channels: dict[str, Channel], hp: Hyperparameters
+) -> dict[str, ChannelData]:
     """The train and validation channels, checked (File mode) or ready to stream (Pipe mode)."""
     data = {}
     folder = None
@@ -119,7 +122,7 @@ def load_channels(paths: Paths, channels: dict[str, Channel], hp) -> dict[str, C
     return data
 
 
-def _image_channel(images: Channel, lst: Channel, hp, folder: Path) -> ChannelData:
+def _image_channel(images: Channel, lst: Channel, hp: Hyperparameters, folder: Path) -> ChannelData:
     """Images listed in a .lst, packed into RecordIO in `folder`."""
     stats = pack_images(
         images.path,
@@ -130,10 +133,13 @@ def _image_channel(images: Channel, lst: Channel, hp, folder: Path) -> ChannelDa
         channels=hp.image_shape[0],
     )
     index = stats.files[0].with_suffix(".idx")
-    return ChannelData(images.name, images.path, stats.files, stats, index)
+    distribution = images.config.distribution
+    return ChannelData(
+        images.name, images.path, stats.files, stats, index, distribution=distribution
+    )
 
 
-def _pipe_channel(paths: Paths, channel: Channel, hp) -> ChannelData:
+def _pipe_channel(paths: Paths, channel: Channel, hp: Hyperparameters) -> ChannelData:
     """A Pipe-mode channel: im2rec records, or an augmented manifest when RecordIO-wrapped."""
     name = channel.name
     setting = f"set RecordWrapperType to RecordIO on channel {name!r}"
@@ -187,7 +193,7 @@ def _label_format(channel: Channel) -> str:
     return label_format
 
 
-def load_channel(channel: Channel, hp, folder: Path) -> ChannelData:
+def load_channel(channel: Channel, hp: Hyperparameters, folder: Path) -> ChannelData:
     """Find, check and index a File-mode RecordIO channel's records (a new index goes in
     `folder`, never in the channel's own folder)."""
     if not channel.is_recordio:
@@ -232,7 +238,7 @@ def local_batches(data: ChannelData, batch_size: int, parts: tuple[int, int]) ->
 
 def train_iter(
     data: ChannelData,
-    hp,
+    hp: Hyperparameters,
     batch_size: int,
     parts: tuple[int, int] = (1, 0),
     batches: int | None = None,
@@ -271,7 +277,7 @@ def train_iter(
 
 
 def validation_iter(
-    data: ChannelData, hp, batch_size: int, parts: tuple[int, int] = (1, 0)
+    data: ChannelData, hp: Hyperparameters, batch_size: int, parts: tuple[int, int] = (1, 0)
 ) -> Iterable[mx.io.DataBatch]:
     """Centre-cropped validation batches; a fresh iterator gives every sample of this host's
     `parts` exactly once (none when the part is empty; smaller batches when the part holds
