@@ -84,17 +84,22 @@ class LocalStore:
 
 
 class S3Store:
-    """The objects under `s3://bucket/prefix/` (the prefix is a folder: a `/` is added)."""
+    """The objects under `s3://bucket/prefix/` (the prefix is a folder: a `/` is added), listed
+    `page_size` keys per request (S3 answers at most 1,000)."""
 
-    def __init__(self, client: Any, bucket: str, prefix: str):
+    def __init__(self, client: Any, bucket: str, prefix: str, page_size: int = 1000):
         self.client = client
+        self.page_size = page_size
         self.bucket = bucket
         self.prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
         self.location = f"s3://{bucket}/{self.prefix}"
 
     def keys(self) -> Iterator[str]:
         pages = self.client.get_paginator("list_objects_v2")
-        for page in pages.paginate(Bucket=self.bucket, Prefix=self.prefix):
+        pagination = {"PageSize": self.page_size}
+        for page in pages.paginate(
+            Bucket=self.bucket, Prefix=self.prefix, PaginationConfig=pagination
+        ):
             for item in page.get("Contents", []):
                 key = item["Key"][len(self.prefix) :]
                 if key and not key.endswith("/"):
