@@ -35,6 +35,7 @@ from imgcls.serving.predictor import load_predictor
 
 ROOT = Path(__file__).resolve().parent.parent
 BUCKET = "imgcls-batch"
+DENYING = "imgcls-denying"
 IMAGES = {
     "a.png": encode_png(random_image(10)),
     "b.jpg": encode_jpeg(random_image(11)),
@@ -271,41 +272,42 @@ S3_NAMES = {
 def test_s3_odd_keys_pages_and_overwrite(base: Path, direct: Direct, s3) -> None:
     endpoint, client = s3
     for key, data in S3_NAMES.items():
-        client.put_object(Bucket=BUCKET, Key=f"input/{key}", Body=data)
+        client.put_object(Bucket=BUCKET, Key=f"odd/input/{key}", Body=data)
     lists: list[str] = []
     client.meta.events.register("before-call.s3.ListObjectsV2", lambda **kw: lists.append("x"))
-    source = S3Store(client, BUCKET, "input", page_size=2)
-    destination = S3Store(client, BUCKET, "output", page_size=2)
+    source = S3Store(client, BUCKET, "odd/input", page_size=2)
+    destination = S3Store(client, BUCKET, "odd/output", page_size=2)
     predictor = load_predictor(base / "model")
 
     first = score(predictor, source, destination)
     assert (first.scored, first.failed, first.skipped) == (5, 0, 0)
     assert len(lists) >= 3 + 1  # 5 input keys, 2 per page; then the empty output prefix
-    listed = client.list_objects_v2(Bucket=BUCKET, Prefix="output/")["Contents"]
-    assert sorted(item["Key"] for item in listed) == sorted(f"output/{k}.out" for k in S3_NAMES)
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix="odd/output/")["Contents"]
+    assert sorted(item["Key"] for item in listed) == sorted(f"odd/output/{k}.out" for k in S3_NAMES)
 
-    stale = "output/with space/ä ö 画像 #1.png.out"
+    stale = "odd/output/with space/ä ö 画像 #1.png.out"
     client.put_object(Bucket=BUCKET, Key=stale, Body=b"stale")
     again = score(predictor, source, destination)
     assert (again.scored, again.skipped) == (0, 5)
     assert client.get_object(Bucket=BUCKET, Key=stale)["Body"].read() == b"stale"
     overwrite = run_batch_script(
         base,
-        *("--input", f"s3://{BUCKET}/input", "--output", f"s3://{BUCKET}/output"),
+        *("--input", f"s3://{BUCKET}/odd/input", "--output", f"s3://{BUCKET}/odd/output"),
         *("--endpoint-url", endpoint, "--overwrite"),
     )
     assert overwrite.returncode == 0, overwrite.stdout + overwrite.stderr
     assert "5 scored, 0 failed, 0 skipped" in overwrite.stdout
     for key, data in S3_NAMES.items():
-        body = client.get_object(Bucket=BUCKET, Key=f"output/{key}.out")["Body"].read()
+        body = client.get_object(Bucket=BUCKET, Key=f"odd/output/{key}.out")["Body"].read()
         assert_same(json.loads(body), direct(data))
 
 
 def test_s3_missing_bucket_and_denied_write_name_the_bucket_and_key(base: Path, s3) -> None:
     endpoint, client = s3
-    client.put_object(Bucket=BUCKET, Key="input/a.png", Body=IMAGES["a.png"])
+    client.create_bucket(Bucket=DENYING)  # its own: moto keeps buckets for the whole process
+    client.put_object(Bucket=DENYING, Key="input/a.png", Body=IMAGES["a.png"])
     predictor = load_predictor(base / "model")
-    source = open_store(f"s3://{BUCKET}/input", endpoint)
+    source = open_store(f"s3://{DENYING}/input", endpoint)
     missing = open_store("s3://no-such-bucket/out", endpoint)
     with pytest.raises(ClientError, match="Cannot list s3://no-such-bucket/in/: NoSuchBucket"):
         score(predictor, open_store("s3://no-such-bucket/in", endpoint), source)
@@ -314,20 +316,20 @@ def test_s3_missing_bucket_and_denied_write_name_the_bucket_and_key(base: Path, 
     with pytest.raises(ClientError, match="write s3://no-such-bucket/out/a.png.out: NoSuchBucket"):
         score(predictor, source, missing, overwrite=True)
 
-    denied = f"arn:aws:s3:::{BUCKET}/denied/*"
+    denied = f"arn:aws:s3:::{DENYING}/denied/*"
     policy = {
         "Version": "2012-10-17",
         "Statement": [
             {"Effect": "Deny", "Principal": "*", "Action": "s3:PutObject", "Resource": denied}
         ],
     }
-    client.put_bucket_policy(Bucket=BUCKET, Policy=json.dumps(policy))
+    client.put_bucket_policy(Bucket=DENYING, Policy=json.dumps(policy))
     run = run_batch_script(
         base,
-        *("--input", f"s3://{BUCKET}/input", "--output", f"s3://{BUCKET}/denied"),
+        *("--input", f"s3://{DENYING}/input", "--output", f"s3://{DENYING}/denied"),
         *("--endpoint-url", endpoint),
     )
     assert run.returncode == 1
-    assert f"ClientError: Cannot write s3://{BUCKET}/denied/a.png.out: " in run.stdout
-    assert f"Check that bucket '{BUCKET}' exists" in run.stdout and "s3:PutObject" in run.stdout
+    assert f"ClientError: Cannot write s3://{DENYING}/denied/a.png.out: " in run.stdout
+    assert f"Check that bucket '{DENYING}' exists" in run.stdout and "s3:PutObject" in run.stdout
     assert "KeyError" not in run.stdout and "Traceback" not in run.stdout
