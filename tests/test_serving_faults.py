@@ -1,10 +1,12 @@
-"""Faults against a real `scripts/serve` (gunicorn, real processes): a worker killed, then the
-whole server stopped with requests in flight."""
+"""Faults against a real `scripts/serve` (gunicorn, real processes): requests slower than the
+timeout, a worker killed, then the whole server stopped with requests in flight."""
 
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -16,22 +18,33 @@ from serving_support import Direct, assert_same, encode_jpeg, export_tiny_model,
 from test_serving import Server
 
 IMAGES = [encode_jpeg(random_image(seed, 20, 24)) for seed in range(4)]
+TIMEOUT = 4  # SAGEMAKER_MODEL_SERVER_TIMEOUT: short, yet longer than a worker takes to load
 
 
 def workers_of(server: Server) -> list[psutil.Process]:
     return psutil.Process(server.process.pid).children(recursive=True)
 
 
-def wait_for_new_worker(server: Server, gone: int, deadline: float = 60) -> None:
-    """Until a worker other than `gone` has loaded its model and /ping answers 200 again."""
+def wait_for_new_workers(server: Server, gone: set[int], deadline: float = 60) -> None:
+    """Until two workers none of which is in `gone` have loaded their model and /ping is 200."""
     end = time.monotonic() + deadline
     while time.monotonic() < end:
         pids = {p.pid for p in workers_of(server)}
-        replaced = len(pids) == 2 and gone not in pids and server.log.count(" ready: epoch") >= 3
+        loaded = server.log.count(" ready: epoch") >= 2 + len(gone)
+        replaced = len(pids) == 2 and not pids & gone and loaded
         if replaced and requests.get(f"{server.url}/ping", timeout=5).status_code == 200:
             return
         time.sleep(0.2)
-    raise AssertionError(f"worker {gone} not replaced after {deadline} s:\n{server.log}")
+    raise AssertionError(f"workers {gone} not replaced after {deadline} s:\n{server.log}")
+
+
+def stalled_upload(server: Server) -> socket.socket:
+    """A client that declares a 1000-byte image, sends 10 bytes of it and waits: the request
+    holds its worker for as long as the client likes."""
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    head = "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+    client.sendall(f"{head}Content-Length: 1000\r\n\r\n".encode() + IMAGES[0][:10])
+    return client
 
 
 def outcome(server: Server, data: bytes) -> tuple[str, object]:
@@ -46,7 +59,9 @@ def outcome(server: Server, data: bytes) -> tuple[str, object]:
 @pytest.fixture
 def server(tmp_path: Path):
     export_tiny_model(tmp_path / "model", seed=4)
-    server = Server(tmp_path, SAGEMAKER_MODEL_SERVER_WORKERS="2")
+    server = Server(
+        tmp_path, SAGEMAKER_MODEL_SERVER_WORKERS="2", SAGEMAKER_MODEL_SERVER_TIMEOUT=str(TIMEOUT)
+    )
     try:
         server.wait_ready(2)
         yield server
@@ -56,14 +71,25 @@ def server(tmp_path: Path):
             server.process.wait(timeout=30)
 
 
-def test_a_killed_worker_is_replaced_and_sigterm_drains_requests_in_flight(
+def test_slow_and_killed_workers_are_replaced_and_sigterm_drains_requests_in_flight(
     server: Server, tmp_path: Path
 ) -> None:
     direct = Direct(tmp_path / "model")
     expected = [direct(data) for data in IMAGES]
+    first = {p.pid for p in workers_of(server)}
+    stalled = [stalled_upload(server) for _ in first]  # both workers held past the timeout
+    wait_for_new_workers(server, first)
+    assert server.log.count("WORKER TIMEOUT") == 2, server.log
+    for client in stalled:  # each slow request ends: a 5xx status or the connection closed
+        reply = client.recv(1000)
+        assert reply == b"" or re.match(rb"HTTP/1\.1 5\d\d ", reply), reply
+        client.close()
+    for data, probabilities in zip(IMAGES, expected, strict=True):
+        assert_same(server.post(data, "image/jpeg").json(), probabilities)
+
     victim = workers_of(server)[0].pid
     os.kill(victim, signal.SIGKILL)
-    wait_for_new_worker(server, victim)
+    wait_for_new_workers(server, first | {victim})
     for data, probabilities in zip(IMAGES, expected, strict=True):
         assert_same(server.post(data, "image/jpeg").json(), probabilities)
 
