@@ -237,7 +237,7 @@ def score_all(
 ) -> Iterator[tuple[str, str | None]]:
     """Score `keys` in forward passes of `size` images, yielding each (key, failure reason or
     None) once its output is written. `concurrency` threads load the next batch and write the
-    previous one while the network runs; at most two batches are held in memory."""
+    previous one while the network runs: at most three batches are in memory."""
     chunks = (keys[i : i + size] for i in range(0, len(keys), size))
     with ThreadPoolExecutor(concurrency, thread_name_prefix="imgcls-batch") as pool:
 
