@@ -82,6 +82,7 @@ def _serve_batch(args: argparse.Namespace) -> int:
             endpoint_url=args.endpoint_url,
             overwrite=args.overwrite,
             concurrency=args.concurrency,
+            batch_size=args.batch_size,
         )
     except ImgclsError as exc:
         logger.error(failure_text(exc))
@@ -118,6 +119,11 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     batch.add_argument("--overwrite", action="store_true", help="re-score existing outputs")
     batch.add_argument(
         "--concurrency", type=_positive_int, default=4, help="files in flight (default: 4)"
+    )
+    batch.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        help="images per forward pass (default: from the image shape, at most 64)",
     )
     batch.set_defaults(handler=_serve_batch)
 

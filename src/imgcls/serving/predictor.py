@@ -24,11 +24,18 @@ class Predictor:
         self.model = model
         self._lock = threading.Lock()
 
+    def prepare(self, data: bytes, where: str = "the image") -> np.ndarray:
+        """The network input (1, C, H, W) of the image in `data`; ClientError if not an image."""
+        return prepare(data, self.model.image_shape, where, self.model.crop_side)
+
     def predict(self, data: bytes, where: str = "the image") -> np.ndarray:
         """The probabilities (num_classes,) of the image in `data`; ClientError if not an image."""
-        batch = prepare(data, self.model.image_shape, where, self.model.crop_side)
+        return self.predict_batch(self.prepare(data, where))[0]
+
+    def predict_batch(self, batch: np.ndarray) -> np.ndarray:
+        """The probabilities (N, num_classes) of a prepared (N, C, H, W) batch."""
         with self._lock:
-            return self.model.predict(batch)[0]
+            return self.model.predict(batch)
 
 
 def load_predictor(model_dir: Path, ctx: mx.Context | None = None) -> Predictor:
