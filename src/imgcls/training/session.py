@@ -11,7 +11,6 @@ from mxnet import gluon
 
 from imgcls.config.environment import Paths, runs_on_managed_platform
 from imgcls.config.hyperparameters import Hyperparameters
-from imgcls.config.hyperparameters.table import SMALL_IMAGE_MAX_SIDE
 from imgcls.config.job import JobConfig
 from imgcls.data.class_folders import read_class_names
 from imgcls.data.loaders import ChannelData, local_batches, train_iter, validation_iter
@@ -77,8 +76,7 @@ def build_learner(
         kvstore = mx.kv.create(worker.kv_store)
     else:
         kvstore = "device" if len(contexts) > 1 else None
-    if hybridizes(hp.image_shape):
-        net.hybridize(static_alloc=True, static_shape=True)
+    net.hybridize(static_alloc=True, static_shape=True)
     lr_schedule = schedule(hp, job_updates_per_epoch(hp, worker))
     trainer = gluon.Trainer(
         net.collect_params(), hp.optimizer, optimizer_params(hp, lr_schedule), kvstore=kvstore
@@ -96,13 +94,6 @@ def build_learner(
         hosts_per_update=hosts_per_update(worker),
         targets=targets,
     )
-
-
-def hybridizes(image_shape: tuple[int, int, int]) -> bool:
-    """Hybridize large images only: measured on this CPU (see the MXNet notes and
-    bench/train_speed.py), a static graph made ResNet-18 at 224 px 1.3x faster, while the
-    small-image networks ran faster imperatively (ResNet-20 at 32 px: 784 vs 656 images/s)."""
-    return max(image_shape[1:]) > SMALL_IMAGE_MAX_SIDE
 
 
 def hosts_per_update(worker: WorkerContext | None) -> int:
