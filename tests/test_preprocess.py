@@ -106,3 +106,18 @@ def test_a_streamed_bomb_in_pipe_mode_is_refused_naming_its_record(monkeypatch) 
     example = Example("train_0, record 3", bomb, np.zeros(1, np.float32))
     with pytest.raises(ImageTooLarge, match=r"^train_0, record 3 is over .* 64,000,000 pixels"):
         batches.transform(example, seed=0)
+
+
+def test_a_recordio_channel_refuses_a_bomb_from_its_header_naming_the_record(tmp_path) -> None:
+    import mxnet as mx
+
+    from imgcls.data.recordio import scan_records
+
+    path = tmp_path / "bomb.rec"
+    writer = mx.recordio.MXRecordIO(str(path), "w")
+    writer.write(mx.recordio.pack(mx.recordio.IRHeader(0, 0.0, 7, 0), flat_png(20000, 20000)))
+    writer.close()
+    with pytest.raises(
+        ClientError, match=r"record 0 \(id 7\) is over [0-9,]+ pixels, more than the 64,000,000"
+    ):
+        scan_records([path], num_classes=2, min_size=(8, 8))

@@ -32,7 +32,7 @@ def decode_image(data: bytes, channels: int, where: str = "the image") -> np.nda
     """Decode to HxWxC uint8, RGB for channels=3, grey (HxWx1) for channels=1."""
     if not data:
         raise ClientError(f"{where} is empty: send the bytes of a JPEG or PNG image.")
-    _check_pixel_count(data, where)
+    image_size(data, where)
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     if image is None:
@@ -42,9 +42,9 @@ def decode_image(data: bytes, channels: int, where: str = "the image") -> np.nda
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def _check_pixel_count(data: bytes, where: str) -> None:
-    """Refuse decompression bombs (a small file that would decode to gigabytes of pixels) by
-    the dimensions in the header, before anything is decoded.
+def image_size(data: bytes, where: str) -> tuple[int, int]:
+    """(height, width) from the header alone; refuses decompression bombs (a small file that
+    would decode to gigabytes of pixels) before anything is decoded.
 
     Only HEADER_FORMATS get through: formats whose header Pillow reads and OpenCV decodes.
     OpenCV's other formats (PAM, PFM, Radiance HDR) have no header reader here, so they are
@@ -63,6 +63,7 @@ def _check_pixel_count(data: bytes, where: str) -> None:
         ) from None
     if width * height > MAX_PIXELS:
         raise ImageTooLarge(_too_large(where, f"{width}x{height} pixels"))
+    return height, width
 
 
 def _too_large(where: str, size: str) -> str:

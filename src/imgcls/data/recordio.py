@@ -10,7 +10,6 @@ reader counts offsets across its files as if they were one (it takes a single in
 from __future__ import annotations
 
 import ctypes
-import io
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,9 +18,9 @@ from typing import Any
 
 import mxnet as mx
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from imgcls.data.labels import label_row
+from imgcls.data.preprocess import image_size
 from imgcls.errors import ClientError
 from imgcls.log import logger
 
@@ -66,7 +65,7 @@ def scan_records(
             else:
                 stats.class_counts[int(labels[0])] += 1
             if min_size is not None:
-                height, width = _image_size(image, where)
+                height, width = image_size(image, where)
                 _check_size(height, width, min_size, where)
                 heights.append(height)
                 widths.append(width)
@@ -144,14 +143,6 @@ def _matching_idx(stats: RecordStats) -> Path | None:
     if not matches:
         logger.warning("%s does not list the records of %s: indexing them anew.", idx, idx.stem)
     return idx if matches else None
-
-
-def _image_size(image: bytes, where: str) -> tuple[int, int]:
-    try:
-        width, height = Image.open(io.BytesIO(image)).size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ClientError(f"{where}: the image cannot be decoded ({exc}).") from None
-    return height, width
 
 
 def _check_size(height: int, width: int, min_size: tuple[int, int], where: str) -> None:

@@ -9,19 +9,17 @@ server's own function, and logs `Epoch[N] Validation-endpoint_accuracy=...`.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import mxnet as mx
 import numpy as np
-from PIL import Image
 
 from imgcls.config.hyperparameters import Hyperparameters
 from imgcls.data.labels import label_row
 from imgcls.data.loaders import ChannelData
-from imgcls.data.preprocess import crop_shorter_side, prepare
+from imgcls.data.preprocess import crop_shorter_side, image_size, prepare
 from imgcls.log import logger
 from imgcls.training.loop import Learner
 from imgcls.training.metrics import MultiLabelAccuracy
@@ -43,7 +41,10 @@ def records(files: list[Path]) -> Iterator[tuple[mx.recordio.IRHeader, bytes]]:
 
 def all_of_shape(files: list[Path], height: int, width: int) -> bool:
     """True when every validation image already is height x width (header reads only)."""
-    return all(Image.open(io.BytesIO(image)).size == (width, height) for _, image in records(files))
+    return all(
+        image_size(image, f"validation record id {int(header.id)}") == (height, width)
+        for header, image in records(files)
+    )
 
 
 @dataclass
