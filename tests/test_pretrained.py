@@ -2,7 +2,9 @@
 
 The rules force 3×224×224 images and a large-image depth, so everything here is a ResNet-18 on
 a few dozen generated images. The "ImageNet" file is a ResNet-18 trained briefly on the same kind
-of images, saved as the model zoo saves its files, under the model zoo's name.
+of images, saved as the model zoo saves its files, under the model zoo's name. The network ends in
+a global pooling, so its weights fit any image size: the in-process training (the file, and the
+fine-tuning comparison) runs on 112×112 images, about 3× cheaper; the jobs run on 224×224.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from imgcls.model.networks import build_network
 from imgcls.training.loop import train_step
 from imgcls.training.session import build_learner
 
-SIDE = 224
+SIDE = 224  # what the rules demand of a job
+FEATURE_SIDE = 112  # the in-process training's images
 CLASSES = 4
 PRETRAINED_JOB = {
     "num_classes": str(CLASSES),
@@ -39,7 +42,7 @@ def _images(count: int, seed: int) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
     """Pattern images (bright quadrant = class) as raw NCHW pixels, and their labels."""
     rng = np.random.default_rng(seed)
     labels = balanced_labels(count, CLASSES)
-    pixels = np.stack([pattern_image(label, SIDE, 3, rng) for label in labels])
+    pixels = np.stack([pattern_image(label, FEATURE_SIDE, 3, rng) for label in labels])
     return mx.nd.array(pixels.transpose(0, 3, 1, 2)), mx.nd.array(labels)
 
 
@@ -50,7 +53,7 @@ def _pretrain(path: Path, steps: int = 4, batch: int = 16) -> None:
     jobs', so its classifier, random or trained, is of no use to them: only its features are.
     """
     mx.random.seed(7)
-    net = build_network(18, CLASSES, (3, SIDE, SIDE))
+    net = build_network(18, CLASSES, (3, FEATURE_SIDE, FEATURE_SIDE))
     net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
     net.hybridize(static_alloc=True, static_shape=True)
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.05, "momentum": 0.9})
@@ -162,7 +165,9 @@ def _training_losses(use_pretrained_model: str, epochs: int = 2) -> list[float]:
 def test_fine_tuning_converges_faster_than_training_from_scratch(zoo_dir, monkeypatch) -> None:
     """Same 16 images, hyperparameters and seed; only use_pretrained_model differs. Criterion:
     over the second epoch (updates 5–8) the training loss averages at most 0.75× scratch's.
-    Measured: 0.14 vs 0.45 here; 0.31–0.64× over three seeds of both runs."""
+    Measured on 224×224 images: 0.14 vs 0.45, 0.31–0.64× over three seeds of both runs; on
+    these 112×112 images: 0.033 vs 0.152 (0.21×). Without the file's weights the two runs are
+    the same run (1×)."""
     monkeypatch.setenv("IMGCLS_PRETRAINED_DIR", str(zoo_dir))
     tuned = np.mean(_training_losses("1")[4:])
     scratch = np.mean(_training_losses("0")[4:])
