@@ -13,11 +13,20 @@ import time
 import mxnet as mx
 import numpy as np
 import pytest
-from conftest import SCRIPTS, TINY_HYPERPARAMETERS, balanced_labels, pattern_image
+from conftest import SCRIPTS, TINY_HYPERPARAMETERS, Job, balanced_labels, pattern_image
+
+from imgcls.cli import main
+from imgcls.log import logger
 
 TRAIN_ACCURACY = re.compile(r"Epoch\[\d+\] Train-accuracy=([0-9.]+)")
 VALIDATION_ACCURACY = re.compile(r"Epoch\[\d+\] Validation-accuracy=([0-9.]+)")
 LOG_LINE = re.compile(r"^\[\d\d/\d\d/\d{4} \d\d:\d\d:\d\d (INFO|WARNING|ERROR) \d+\] ")
+
+
+def dry_run(job: Job, monkeypatch: pytest.MonkeyPatch) -> int:
+    """`scripts/train --dry-run` for `job`, in this process (no second MXNet start-up)."""
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(job.base))
+    return main(["train", "--dry-run"])
 
 
 def tiny_job(make_job, name="job", train=128, validation=64, **hyperparameters):
@@ -31,9 +40,16 @@ def tiny_job(make_job, name="job", train=128, validation=64, **hyperparameters):
     return job
 
 
-def test_learns_a_separable_dataset_and_logs_what_tuning_jobs_parse(make_job) -> None:
-    job = tiny_job(make_job, epochs="6", top_k="2", learning_rate="0.05")
-    result = job.train()
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Job, subprocess.CompletedProcess]:
+    """One finished job and its run, shared by the tests that only read them."""
+    folder = tmp_path_factory.mktemp("trained")
+    job = tiny_job(lambda name: Job(folder / name), epochs="6", top_k="2", learning_rate="0.05")
+    return job, job.train()
+
+
+def test_learns_a_separable_dataset_and_logs_what_tuning_jobs_parse(trained) -> None:
+    job, result = trained
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert all(LOG_LINE.match(line) for line in lines), lines
@@ -48,9 +64,9 @@ def test_learns_a_separable_dataset_and_logs_what_tuning_jobs_parse(make_job) ->
     assert not (job.base / "output" / "failure").exists()
 
 
-def test_model_loads_with_plain_mxnet_module_as_sagemaker_notebooks_do(make_job) -> None:
-    job = tiny_job(make_job, epochs="4", learning_rate="0.05")
-    assert job.train().returncode == 0
+def test_model_loads_with_plain_mxnet_module_as_sagemaker_notebooks_do(trained) -> None:
+    job, result = trained
+    assert result.returncode == 0
     files = sorted(p.name for p in job.model_dir.iterdir())
     epoch = int(next(f for f in files if f.endswith(".params"))[-11:-7])
     assert {"image-classification-symbol.json", "model-shapes.json"} <= set(files)
@@ -72,7 +88,7 @@ def test_model_loads_with_plain_mxnet_module_as_sagemaker_notebooks_do(make_job)
 
 
 def test_checkpoint_frequency_keeps_periodic_epochs_in_model_dir(make_job) -> None:
-    job = tiny_job(make_job, epochs="4", checkpoint_frequency="2", validation=0)
+    job = tiny_job(make_job, train=64, epochs="4", checkpoint_frequency="2", validation=0)
     assert job.train().returncode == 0
     params = sorted(p.name for p in job.model_dir.glob("*.params"))
     assert params == ["image-classification-0002.params", "image-classification-0004.params"]
@@ -100,7 +116,7 @@ def test_early_stopping_stops_when_validation_accuracy_stalls(make_job) -> None:
 
 
 def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(make_job) -> None:
-    job = tiny_job(make_job, train=512, validation=32, epochs="4", mini_batch_size="32")
+    job = tiny_job(make_job, train=256, validation=32, epochs="4", mini_batch_size="32")
     process = subprocess.Popen(
         [sys.executable, str(SCRIPTS / "train")],
         env={**__import__("os").environ, "SAGEMAKER_BASE_DIR": str(job.base)},
@@ -133,9 +149,9 @@ def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(ma
     assert not any(checkpoints.iterdir())
 
 
-def test_incremental_training_from_a_model_channel(make_job) -> None:
-    first = tiny_job(make_job, "first", epochs="3", learning_rate="0.05")
-    assert first.train().returncode == 0
+def test_incremental_training_from_a_model_channel(make_job, trained) -> None:
+    first, first_run = trained
+    assert first_run.returncode == 0
     second = tiny_job(make_job, "second", epochs="1", learning_rate="0.01")
     (second.data / "model").mkdir()
     (second.data / "model" / "model.tar.gz").write_bytes(
@@ -169,18 +185,24 @@ def test_incremental_training_from_a_model_channel(make_job) -> None:
     ],
     ids=["label-out-of-range", "image-too-small", "too-few-images", "not-recordio"],
 )
-def test_bad_records_fail_with_a_client_error_naming_the_file(make_job, setup, message) -> None:
+def test_bad_records_fail_with_a_client_error_naming_the_file(
+    make_job, monkeypatch, setup, message
+) -> None:
     job = make_job()
     job.hyperparameters(TINY_HYPERPARAMETERS)
     setup(job)
-    result = job.train("--dry-run")
-    assert result.returncode == 1
+    assert dry_run(job, monkeypatch) == 1
     assert job.failure.startswith("ClientError:"), job.failure
     assert message in job.failure and str(job.data / "train") in job.failure
 
 
-def test_wrong_num_training_samples_is_a_warning_with_both_numbers(make_job) -> None:
+def test_wrong_num_training_samples_is_a_warning_with_both_numbers(
+    make_job, monkeypatch, caplog
+) -> None:
     job = tiny_job(make_job, validation=0, num_training_samples="1000")
-    result = job.train("--dry-run")
-    assert result.returncode == 0
-    assert "num_training_samples=1000 but the train channel holds 128 images" in result.stdout
+    logger.addHandler(caplog.handler)
+    try:
+        assert dry_run(job, monkeypatch) == 0
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "num_training_samples=1000 but the train channel holds 128 images" in caplog.text
