@@ -15,7 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 
-os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+# Under pytest-xdist (`make test`) the cores are shared between its workers: MXNet's OpenMP slows
+# down several-fold when they are oversubscribed.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
 
 def pattern_image(label: int, size: int, channels: int, rng: np.random.Generator) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,12 +69,22 @@ def im2rec(*args: str) -> None:
     subprocess.run([sys.executable, str(IM2REC), *args], check=True, capture_output=True)
 
 
+@pytest.fixture(scope="module")
+def listed_folders(tmp_path_factory) -> tuple[Path, Path]:
+    """Class folders of PNGs and the .lst `im2rec.py --list --recursive` makes of them, once."""
+    root = tmp_path_factory.mktemp("listed")
+    write_image_folders(root / "images", per_class=7, suffix=".png")
+    im2rec("--list", "--recursive", str(root / "data"), str(root / "images"))
+    return root / "images", root / "data.lst"
+
+
 @pytest.mark.parametrize("pass_through", [True, False], ids=["pass-through", "re-encoded"])
-def test_records_written_by_im2rec_are_read_with_their_labels(tmp_path, pass_through) -> None:
-    images = tmp_path / "images"
-    write_image_folders(images, per_class=7, suffix=".png")
+def test_records_written_by_im2rec_are_read_with_their_labels(
+    tmp_path, listed_folders, pass_through
+) -> None:
+    images, lst = listed_folders
     prefix = tmp_path / "data"
-    im2rec("--list", "--recursive", str(prefix), str(images))
+    shutil.copy(lst, f"{prefix}.lst")
     im2rec(*(["--pass-through"] if pass_through else []), str(prefix), str(images))
     listed = [line.split("\t") for line in Path(f"{prefix}.lst").read_text().splitlines()]
     expected = np.bincount([int(float(row[1])) for row in listed], minlength=3)
