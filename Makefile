@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | $(PYTHON)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PYTHON) -m pytest -n auto --dist loadfile
+	$(PYTHON) -m pytest
 
 demo: $(STAMP)
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PYTHON) demo/digits.py

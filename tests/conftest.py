@@ -15,10 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 
-# Under pytest-xdist (`make test`) the cores are shared between its workers: MXNet's OpenMP slows
-# down several-fold when they are oversubscribed.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
 
 def pattern_image(label: int, size: int, channels: int, rng: np.random.Generator) -> np.ndarray:
