@@ -187,7 +187,7 @@ def test_dist_async_completes_and_learns(tmp_path) -> None:
 
 
 def test_a_dead_host_fails_the_others_within_the_bound(tmp_path) -> None:
-    jobs = make_hosts(tmp_path, 2, kv_store="dist_sync", epochs="50", num_training_samples="128")
+    jobs = make_hosts(tmp_path, 2, kv_store="dist_sync", epochs="50", num_training_samples="512")
     processes = start(jobs, free_port_pair())
     leader_output = []
     for line in processes[0].stdout:

@@ -61,7 +61,7 @@ def test_a_sigkilled_training_process_leaves_a_failure_saying_why_and_how_to_fix
 
 
 def test_a_sigkilled_worker_of_a_multi_host_job_fails_its_host_and_the_leader(tmp_path) -> None:
-    jobs = make_hosts(tmp_path, 2, kv_store="dist_sync", epochs="50", num_training_samples="128")
+    jobs = make_hosts(tmp_path, 2, kv_store="dist_sync", epochs="50", num_training_samples="512")
     processes = start(jobs, free_port_pair())
     try:
         read_until(processes[0], "Epoch[0] Train-accuracy")
