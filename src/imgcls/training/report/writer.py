@@ -69,17 +69,17 @@ def report_data(history: History, kept: int | None, inputs: ReportInputs) -> dic
 
 
 def write_report(folder: Path, report: dict) -> Path:
-    """The PNGs, report.json and report.html in `folder`; returns report.html's path."""
+    """report.json, the PNGs and report.html in `folder` (in that order); returns
+    report.html's path."""
     folder.mkdir(parents=True, exist_ok=True)
+    clean = _finite(report)
+    (folder / "report.json").write_text(json.dumps(clean, indent=2, allow_nan=False))
     plots.curves(_records(report), folder / "curves.png")
     if report["per_class"]:
         plots.per_class_scores(report["per_class"], folder / "per_class.png")
     if report["confusion_matrix"] is not None:
-        plots.confusion_matrix(
-            report["confusion_matrix"], report["classes"], folder / "confusion_matrix.png"
-        )
-    clean = _finite(report)
-    (folder / "report.json").write_text(json.dumps(clean, indent=2, allow_nan=False))
+        matrix_png = folder / "confusion_matrix.png"
+        plots.confusion_matrix(report["confusion_matrix"], report["classes"], matrix_png)
     target = folder / "report.html"
     target.write_text(page.render(clean, folder))
     return target
