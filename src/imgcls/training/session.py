@@ -34,7 +34,7 @@ from imgcls.training.metrics import classification_metrics
 from imgcls.training.optimizer import exclude_from_weight_decay, optimizer_params
 from imgcls.training.report.confusion import ValidationCounts
 from imgcls.training.report.history import History
-from imgcls.training.report.writer import ReportInputs, write_report_safely
+from imgcls.training.report.writer import ReportInputs, model_epochs, write_report_safely
 from imgcls.training.resume import ResumeState
 from imgcls.training.schedule import continue_schedule, schedule, updates_per_epoch
 from imgcls.training.targets import soft_targets
@@ -157,6 +157,7 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
     )
 
     def progress(next_epoch: int) -> dict:
+        history.keep_counts(set(model_epochs(paths.model_dir)))
         return {
             "next_epoch": next_epoch,
             "checkpoints": checkpoints.state(),
@@ -249,7 +250,7 @@ def restore(
     checkpoints: ModelCheckpoints,
     early: EarlyStopping | None,
     epoch_updates: int,
-    history: History,
+    history: History | None = None,
 ) -> int:
     """Continue an interrupted job when checkpoints/ holds its state; the first epoch to run.
 
@@ -264,7 +265,8 @@ def restore(
     if early and progress["early_stopping"]:
         for key, value in progress["early_stopping"].items():
             setattr(early, key, value)
-    history.restore(progress.get("report"))
+    if history is not None:
+        history.restore(progress.get("report"))
     return progress["next_epoch"]
 
 

@@ -26,10 +26,16 @@ class ReportInputs:
     num_hosts: int = 1
 
 
+def model_epochs(model_dir: Path) -> list[int]:
+    """The 0-based epochs that have a params file in model/, ascending."""
+    epochs = artifact.list_params_epochs(model_dir) if model_dir.is_dir() else []
+    return [epoch - 1 for epoch in epochs]
+
+
 def kept_epoch(model_dir: Path) -> int | None:
     """The 0-based epoch of the model that serving loads from model/ (the newest params file)."""
-    epochs = artifact.list_params_epochs(model_dir) if model_dir.is_dir() else []
-    return epochs[-1] - 1 if epochs else None
+    epochs = model_epochs(model_dir)
+    return epochs[-1] if epochs else None
 
 
 def report_data(history: History, kept: int | None, inputs: ReportInputs) -> dict:
