@@ -14,6 +14,10 @@ from imgcls.training.report.confusion import per_class
 from imgcls.training.report.history import History
 
 NO_VALIDATION = "No validation channel: no confusion matrix and no per-class scores."
+NO_COUNTS = (
+    "The kept epoch's validation counts were not recorded (it ran before a resume from a state "
+    "without them): no confusion matrix and no per-class scores."
+)
 
 
 @dataclass
@@ -58,7 +62,8 @@ def report_data(history: History, kept: int | None, inputs: ReportInputs) -> dic
         "images": images,
     }
     if counts is None:
-        report["notes"].append(NO_VALIDATION)
+        validated = any(r.validation for r in history.epochs)
+        report["notes"].append(NO_COUNTS if validated else NO_VALIDATION)
         return report
     report["per_class"] = per_class(counts, names)
     images["Per-class scores"] = "per_class.png"
