@@ -5,8 +5,10 @@
 2. `imgcls prepare` packs them into a SageMaker-style job folder (train and validation RecordIO
    channels, input/config with num_classes and num_training_samples counted); the demo then sets
    its own hyperparameters (small network, 28x28 crops) and runs `scripts/train`.
-4. Starts `scripts/serve` on 127.0.0.1, waits for /ping, and scores validation images through
+3. Starts `scripts/serve` on 127.0.0.1, waits for /ping, and scores validation images through
    POST /invocations, as a SageMaker endpoint would be called.
+4. Prints where the training report is (output/data/report.html: curves, confusion matrix,
+   per-class scores).
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ def main() -> int:
         return train.returncode
     print(f"Model: {sorted(p.name for p in (base / 'model').iterdir())}")
     score_with_server(base)
+    print(f"Training report: {base / 'output' / 'data' / 'report.html'}")
     return 0
 
 

@@ -119,6 +119,8 @@ def test_dist_sync_gives_identical_weights_and_only_the_leader_writes_the_model(
     assert (jobs[0].base / "output" / "model.tar.gz").exists()
     for job in jobs[1:]:
         assert not job.model_dir.exists() or not list(job.model_dir.iterdir())
+        assert not (job.base / "output" / "data").exists()
+    assert_leader_report(jobs[0], outputs[0])
     # Every host logs the same aggregated accuracy, comparable to one host with the same
     # global batch.
     accuracies = [VALIDATION.findall(out) for out in outputs]
@@ -135,6 +137,18 @@ def test_dist_sync_gives_identical_weights_and_only_the_leader_writes_the_model(
     assert distributed_accuracy >= single_accuracy - 0.25, (distributed_accuracy, single_accuracy)
     assert "This host's validation-accuracy=" in outputs[0]
     assert not job_processes(jobs)
+
+
+def assert_leader_report(leader: Job, output: str) -> None:
+    """The leader's report counts every validation record once (each host scores its part):
+    the matrix sums to the 64 records, and its trace is the logged accuracy of the kept epoch."""
+    report = json.loads((leader.base / "output" / "data" / "report.json").read_text())
+    matrix = np.array(report["confusion_matrix"])
+    np.testing.assert_array_equal(matrix.sum(axis=1), [16, 16, 16, 16])
+    logged = dict(VALIDATION.findall(output))
+    assert np.trace(matrix) / 64 == pytest.approx(float(logged[str(report["kept_epoch"])]))
+    hosts = json.loads((leader.config / "resourceconfig.json").read_text())["hosts"]
+    assert report["hosts"] == len(hosts)
 
 
 def weight_change(start: Path, model_dir: Path) -> np.ndarray:

@@ -157,7 +157,7 @@ def _training_losses(use_pretrained_model: str, epochs: int = 2) -> list[float]:
     for _ in range(epochs):
         for first in range(0, len(labels), hp.mini_batch_size):
             rows = slice(first, first + hp.mini_batch_size)
-            targets, outputs = train_step(learner, pixels[rows], labels[rows])
+            targets, outputs, _ = train_step(learner, pixels[rows], labels[rows])
             losses.append(learner.loss_fn(outputs[0], targets[0]).mean().asscalar())
     return losses
 

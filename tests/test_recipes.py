@@ -178,7 +178,7 @@ def test_train_step_feeds_the_mixed_batch_and_mixed_targets(multi_label: bool) -
     targets = SoftTargets(3, multi_label, mixup_alpha=0.4, rng=np.random.default_rng(7))
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.0})
     learner = Learner(net, trainer, loss_fn, [mx.cpu()], targets=targets)
-    returned, _ = train_step(learner, mx.nd.array(data), mx.nd.array(labels))
+    returned, _, _ = train_step(learner, mx.nd.array(data), mx.nd.array(labels))
     lam, order = drawn(7, 0.4, 6)
     assert 0.5 <= lam < 1
     np.testing.assert_allclose(net.seen[0], lam * data + (1 - lam) * data[order], rtol=1e-5)

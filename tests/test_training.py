@@ -147,6 +147,10 @@ def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(ma
     assert epochs_run == list(range(resumed_at, 4))
     assert list(job.model_dir.glob("*.params"))
     assert not any(checkpoints.iterdir())
+    # The report covers the epochs before the interruption too, and has the kept epoch's counts.
+    report = json.loads((job.base / "output" / "data" / "report.json").read_text())
+    assert [e["epoch"] for e in report["epochs"]] == [0, 1, 2, 3]
+    assert sum(map(sum, report["confusion_matrix"])) == 32
 
 
 def test_incremental_training_from_a_model_channel(make_job, trained) -> None:

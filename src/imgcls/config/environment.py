@@ -56,6 +56,11 @@ class Paths:
         return self.base / "output"
 
     @property
+    def output_data_dir(self) -> Path:
+        """Extra outputs (the training report), uploaded as output.tar.gz."""
+        return self.output_dir / "data"
+
+    @property
     def failure_file(self) -> Path:
         return self.output_dir / "failure"
 

@@ -62,20 +62,23 @@ class EpochStats:
     samples: int = 0
     seconds: float = 0.0
     metrics: list[tuple[str, float]] = field(default_factory=list)
+    loss: mx.metric.Loss = field(default_factory=mx.metric.Loss)
 
     @property
     def speed(self) -> float:
         return self.samples / self.seconds if self.seconds else 0.0
 
 
-def train_step(learner: Learner, data: mx.nd.NDArray, label: mx.nd.NDArray) -> tuple[list, list]:
+def train_step(
+    learner: Learner, data: mx.nd.NDArray, label: mx.nd.NDArray
+) -> tuple[list, list, list]:
     """Forward and backward on every device, then one optimizer update of the whole batch.
 
     The gradients are normalised by the samples the update sums: with dist_sync the servers
     add every host's gradients, so that is this batch times the number of hosts (as MXNet's
     Module does); the first step's value goes to the servers with the optimizer. With soft
     targets (mixup, label smoothing) the loss sees those; the labels returned for the metrics
-    stay the hard ones.
+    stay the hard ones. Returns (labels, outputs, losses), one of each per device.
     """
     labels = learner.split(label)
     inputs, targets = learner.targets(data, label) if learner.targets else (data, label)
@@ -85,7 +88,7 @@ def train_step(learner: Learner, data: mx.nd.NDArray, label: mx.nd.NDArray) -> t
         losses = [learner.loss_fn(o, y) for o, y in parts]
     autograd.backward(losses)
     learner.trainer.step(data.shape[0] * learner.hosts_per_update)
-    return labels, outputs
+    return labels, outputs, losses
 
 
 def train_one_epoch(
@@ -97,19 +100,19 @@ def train_one_epoch(
 ) -> EpochStats:
     """One pass of `batches`; logs progress at most every PROGRESS_EVERY_SECONDS.
 
-    Metrics read each batch's outputs one step late, once the next step is queued, so that
-    reading them (a host synchronisation) never leaves MXNet's engine idle. The clock closes
-    when the engine has finished the epoch's last update.
+    Metrics (and the mean loss, `stats.loss`) read each batch's outputs one step late, once
+    the next step is queued, so that reading them (a host synchronisation) never leaves MXNet's
+    engine idle. The clock closes when the engine has finished the epoch's last update.
     """
     metrics.reset()
     batches.reset()
     stats = EpochStats()
-    pending: tuple[list, list] | None = None
+    pending: tuple[list, list, list] | None = None
     started = last_log = time.perf_counter()
     for index, batch in enumerate(batches):
         step = train_step(learner, batch.data[0], batch.label[0])
         if pending is not None:
-            metrics.update(*pending)
+            _update(metrics, stats.loss, pending)
         pending = step
         stats.samples += batch.data[0].shape[0]
         if stop.requested:
@@ -119,11 +122,19 @@ def train_one_epoch(
             _log_progress(epoch, index, stats.samples / (now - started), metrics)
             last_log = now
     if pending is not None:
-        metrics.update(*pending)
+        _update(metrics, stats.loss, pending)
     mx.nd.waitall()
     stats.seconds = time.perf_counter() - started
     stats.metrics = metrics.get_name_value()
     return stats
+
+
+def _update(
+    metrics: mx.metric.EvalMetric, loss: mx.metric.Loss, step: tuple[list, list, list]
+) -> None:
+    labels, outputs, losses = step
+    metrics.update(labels, outputs)
+    loss.update(None, losses)
 
 
 def _log_progress(epoch: int, index: int, speed: float, metrics: mx.metric.EvalMetric) -> None:
@@ -132,15 +143,22 @@ def _log_progress(epoch: int, index: int, speed: float, metrics: mx.metric.EvalM
 
 
 def evaluate(
-    learner: Learner, batches: mx.io.DataIter, metrics: mx.metric.EvalMetric
+    learner: Learner,
+    batches: mx.io.DataIter,
+    metrics: mx.metric.EvalMetric,
+    counts: mx.metric.EvalMetric | None = None,
 ) -> list[tuple[str, float]]:
-    """Metrics over every sample of `batches` exactly once (padding dropped)."""
-    metrics.reset()
+    """Metrics over every sample of `batches` exactly once (padding dropped); `counts`, when
+    given, is updated in the same pass (it is not logged)."""
+    observers = [metrics] if counts is None else [metrics, counts]
+    for observer in observers:
+        observer.reset()
     for batch in batches:
         valid = batch.data[0].shape[0] - batch.pad
         outputs = [o.as_in_context(mx.cpu()) for o in learner.forward(batch.data[0])]
         prediction = mx.nd.concat(*outputs, dim=0)[:valid]
-        metrics.update([batch.label[0][:valid]], [prediction])
+        for observer in observers:
+            observer.update([batch.label[0][:valid]], [prediction])
     return metrics.get_name_value()
 
 
@@ -166,12 +184,16 @@ def log_validation(epoch: int, values: list[tuple[str, float]]) -> None:
 @dataclass
 class EpochHooks:
     """What the job does between epochs; `after_epoch` returns True to stop early;
-    `after_validation` gets each epoch's validation accuracy."""
+    `after_validation` gets each epoch's validation accuracy; `validation_counts` is updated
+    by each validation pass (summed over hosts); `record` gets each epoch's figures (its
+    training stats and validation metrics) before `after_epoch`."""
 
     validation_batches: Callable[[], mx.io.DataIter] | None
     after_epoch: Callable[[int, float | None], bool]
     aggregate: Callable[[mx.metric.EvalMetric], None] | None = None
     after_validation: Callable[[int, float], None] | None = None
+    validation_counts: mx.metric.EvalMetric | None = None
+    record: Callable[[int, EpochStats, list[tuple[str, float]] | None], None] | None = None
 
 
 def fit(
@@ -191,18 +213,24 @@ def fit(
         if hooks.aggregate is not None:
             log_local(epoch, "train", stats.metrics)
             hooks.aggregate(train_metrics)
+            hooks.aggregate(stats.loss)
             stats.metrics = train_metrics.get_name_value()
         log_epoch(epoch, stats)
-        accuracy = None
+        accuracy, values = None, None
         if hooks.validation_batches is not None:
-            values = evaluate(learner, hooks.validation_batches(), validation_metrics)
+            counts = hooks.validation_counts
+            values = evaluate(learner, hooks.validation_batches(), validation_metrics, counts)
             if hooks.aggregate is not None:
                 log_local(epoch, "validation", values)
                 hooks.aggregate(validation_metrics)
+                if counts is not None:
+                    hooks.aggregate(counts)
                 values = validation_metrics.get_name_value()
             log_validation(epoch, values)
             accuracy = dict(values)["accuracy"]
             if hooks.after_validation is not None:
                 hooks.after_validation(epoch, accuracy)
+        if hooks.record is not None:
+            hooks.record(epoch, stats, values)
         if hooks.after_epoch(epoch, accuracy):
             return

@@ -73,13 +73,21 @@ class MeanAveragePrecision(mx.metric.EvalMetric):
             self.num_inst += truth.shape[0]
 
     def get(self) -> tuple[str, float]:
-        positives, negatives = self.positives[:, ::-1], self.negatives[:, ::-1]
-        true_positives = np.cumsum(positives, axis=1)
-        predicted = true_positives + np.cumsum(negatives, axis=1)
-        precision = true_positives / np.maximum(predicted, 1)
-        totals = true_positives[:, -1]
-        seen = totals > 0
+        average_precision = average_precisions(self.positives, self.negatives)
+        seen = ~np.isnan(average_precision)
         if not seen.any():
             return self.name, float("nan")
-        average_precision = (positives * precision).sum(axis=1)[seen] / totals[seen]
-        return self.name, float(average_precision.mean())
+        return self.name, float(average_precision[seen].mean())
+
+
+def average_precisions(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """Per-class average precision from (classes, bins) score histograms (NaN for a class
+    without positives): precision summed at each positive, highest scores first, a bin's
+    examples counted as ties."""
+    positives, negatives = positives[:, ::-1], negatives[:, ::-1]
+    true_positives = np.cumsum(positives, axis=1)
+    predicted = true_positives + np.cumsum(negatives, axis=1)
+    precision = true_positives / np.maximum(predicted, 1)
+    totals = true_positives[:, -1]
+    summed = (positives * precision).sum(axis=1)
+    return np.divide(summed, totals, out=np.full(len(totals), np.nan), where=totals > 0)

@@ -32,6 +32,9 @@ from imgcls.training.loop import EpochHooks, Learner, StopRequest, fit
 from imgcls.training.loss import loss_function
 from imgcls.training.metrics import classification_metrics
 from imgcls.training.optimizer import exclude_from_weight_decay, optimizer_params
+from imgcls.training.report.confusion import ValidationCounts
+from imgcls.training.report.history import History
+from imgcls.training.report.writer import ReportInputs, model_epochs, write_report_safely
 from imgcls.training.resume import ResumeState
 from imgcls.training.schedule import continue_schedule, schedule, updates_per_epoch
 from imgcls.training.targets import soft_targets
@@ -148,13 +151,18 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
     resume = ResumeState(
         paths.checkpoints_dir, paths.model_dir, fingerprint, optimizer_states=worker is None
     )
-    first_epoch = restore(resume, learner, checkpoints, early, job_updates_per_epoch(hp, worker))
+    history = History()
+    first_epoch = restore(
+        resume, learner, checkpoints, early, job_updates_per_epoch(hp, worker), history
+    )
 
     def progress(next_epoch: int) -> dict:
+        history.keep_counts(set(model_epochs(paths.model_dir)))
         return {
             "next_epoch": next_epoch,
             "checkpoints": checkpoints.state(),
             "early_stopping": early.state() if early else None,
+            "report": history.state(),
         }
 
     def after_epoch(epoch: int, accuracy: float | None) -> bool:
@@ -171,6 +179,11 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
         return stop
 
     validation = data.get("validation")
+    counts = (
+        ValidationCounts(hp.num_classes, hp.multi_label, loss_function(hp.multi_label, weights))
+        if validation
+        else None
+    )
     aggregate = (lambda metric: aggregate_metrics(metric, worker.collective)) if worker else None
     check = endpoint_check(
         hp, validation, serving_side, _part(validation, worker) if validation else (1, 0)
@@ -184,6 +197,8 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
         after_epoch=after_epoch,
         aggregate=aggregate,
         after_validation=after_validation(check, learner, aggregate) if check else None,
+        validation_counts=counts,
+        record=history.recorder(learner.trainer, counts),
     )
     stop = StopRequest()
     stop.install()
@@ -206,6 +221,9 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
         raise
     if worker is not None:
         logger.info("Final trainable parameters digest: %s", parameters_digest(learner.net))
+    if writes_model:
+        inputs = ReportInputs(settings, classes, hp.num_classes, worker.num_hosts if worker else 1)
+        write_report_safely(paths.output_data_dir, history, paths.model_dir, inputs)
     _finish(paths, resume, writes_model)
 
 
@@ -232,6 +250,7 @@ def restore(
     checkpoints: ModelCheckpoints,
     early: EarlyStopping | None,
     epoch_updates: int,
+    history: History | None = None,
 ) -> int:
     """Continue an interrupted job when checkpoints/ holds its state; the first epoch to run.
 
@@ -246,6 +265,8 @@ def restore(
     if early and progress["early_stopping"]:
         for key, value in progress["early_stopping"].items():
             setattr(early, key, value)
+    if history is not None:
+        history.restore(progress.get("report"))
     return progress["next_epoch"]
 
 
