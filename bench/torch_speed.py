@@ -268,14 +268,14 @@ def imgcls_parameters(side: int) -> int:
     return sum(p.data().size for p in net.collect_params().values() if p.grad_req != "null")
 
 
-def run(command: list[str], env: dict[str, str]) -> tuple[float, str]:
-    """Wall-clock seconds of a whole process and its output; it must succeed."""
+def run(command: list[str], env: dict[str, str]) -> tuple[float, str, str]:
+    """Wall-clock seconds of a whole process, its stdout and stderr; it must succeed."""
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{command[1:3]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return seconds, done.stdout + done.stderr
+    return seconds, done.stdout, done.stderr
 
 
 def imgcls_run(case, epochs: int, files: tuple[Path, Path], base: Path, env) -> dict[str, float]:
@@ -283,7 +283,8 @@ def imgcls_run(case, epochs: int, files: tuple[Path, Path], base: Path, env) -> 
     from train_speed import imgcls_job
 
     command = imgcls_job(base, case, epochs, *files)
-    seconds, log = run(command, {**env, "SAGEMAKER_BASE_DIR": str(base)})
+    seconds, out, err = run(command, {**env, "SAGEMAKER_BASE_DIR": str(base)})
+    log = out + err
     speeds = [float(speed) for _, speed in SPEED_LINE.findall(log)]
     if not speeds:
         raise RuntimeError(f"no 'Epoch[N] Speed:' line in the job's log:\n{log[-3000:]}")
@@ -304,8 +305,8 @@ def torch_run(form: str, case, args, files: tuple[Path, Path], base: Path, env) 
         f"--out={base}",
         f"--threads={args.threads}",
     ]
-    seconds, log = run(command, env)
-    figures = json.loads(log.strip().splitlines()[-1])
+    seconds, out, _ = run(command, env)
+    figures = json.loads(out.strip().splitlines()[-1])
     return {**figures, "process": args.epochs * case.images / seconds}
 
 
@@ -338,6 +339,7 @@ def run_case(case, args, folder: Path, env) -> None:
                     failures[name] = str(error)[-1500:]
                     continue
             results[name].append(figures)
+            print(f"  round {round_index + 1} {name}: {figures}", file=sys.stderr, flush=True)
     report(case, results, failures, args)
 
 
