@@ -19,8 +19,8 @@ from imgcls.model.artifact import (
     SYMBOL_FILE,
     export_model,
     list_params_epochs,
-    load_training_weights,
     remove_params,
+    training_network,
 )
 from imgcls.model.inference import load_model
 from imgcls.model.networks import build_network, inference_network
@@ -345,9 +345,8 @@ def test_incremental_training_refuses_a_different_model(
     _export(net, tmp_path)
     if without_metadata:
         (tmp_path / METADATA_FILE).unlink()
-    fresh = build_network(20, CLASSES, SHAPE)
     with pytest.raises(ClientError, match=key) as raised:
-        load_training_weights(fresh, tmp_path, {**HYPERPARAMETERS, key: value})
+        training_network(tmp_path, {**HYPERPARAMETERS, key: value}, [mx.cpu()])
     stored = HYPERPARAMETERS[key]
     assert f"model has {stored}, the hyperparameters ask for {value}" in str(raised.value)
 
@@ -359,10 +358,8 @@ def test_incremental_training_restores_the_training_network(tmp_path, net, sourc
         pack_model(tmp_path / "model", tmp_path / "channel" / "model.tar.gz")
     if source == "folder-without-metadata":
         (tmp_path / "model" / METADATA_FILE).unlink()
-    fresh = build_network(20, CLASSES, SHAPE)
-    fresh.initialize(mx.init.Xavier())
     path = tmp_path / ("channel" if source == "tarball" else "model")
-    load_training_weights(fresh, path, dict(HYPERPARAMETERS, image_shape=[*SHAPE]))
+    fresh = training_network(path, dict(HYPERPARAMETERS, image_shape=[*SHAPE]), [mx.cpu()])
     x = mx.nd.array(_pixels())
     np.testing.assert_array_equal(fresh(x).asnumpy(), net(x).asnumpy())
     for name, p in net.collect_params().items():
@@ -377,7 +374,7 @@ def test_incremental_training_refuses_weights_of_another_network(tmp_path, net):
     arrays = mx.nd.load(str(params))
     mx.nd.save(str(params), {k.replace("imgcls_", "other_"): v for k, v in arrays.items()})
     with pytest.raises(ClientError, match="do not fit"):
-        load_training_weights(build_network(20, CLASSES, SHAPE), tmp_path, HYPERPARAMETERS)
+        training_network(tmp_path, HYPERPARAMETERS, [mx.cpu()])
 
 
 @pytest.mark.parametrize("num_layers", LARGE_IMAGE_DEPTHS + SMALL_IMAGE_DEPTHS)

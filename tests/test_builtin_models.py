@@ -24,7 +24,7 @@ from mxnet import autograd
 from imgcls.config.hyperparameters import parse_hyperparameters
 from imgcls.config.hyperparameters.table import LARGE_IMAGE_DEPTHS
 from imgcls.errors import ClientError
-from imgcls.model.artifact import PREFIX, load_training_weights, model_structure
+from imgcls.model.artifact import PREFIX, training_network
 from imgcls.model.builtin import builtin_names, builtin_structure
 from imgcls.model.networks import build_network, inference_network
 from imgcls.serving.batch import LocalStore, score
@@ -98,23 +98,25 @@ def test_imgcls_network_has_the_builtin_symbols_parameters(num_layers: int, heig
 def _mapped_network(tar: Path, num_layers: int, shape: tuple[int, int, int]):
     """imgcls's network holding a stored model's weights, built as a training job builds it."""
     expected = {"num_layers": num_layers, "num_classes": CLASSES, "image_shape": shape}
-    net = build_network(num_layers, CLASSES, shape, model_structure(tar, expected))
-    net.initialize(mx.init.Xavier())  # deferred, as in training: shapes come from the weights
-    load_training_weights(net, tar, expected)
-    return net
+    return training_network(tar, expected, [mx.cpu()])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_incremental_training_starts_from_the_builtin_function(models: dict, case: str) -> None:
+    """Before the first update imgcls's network computes the built-in model's probabilities;
+    the 32 px ResNet-18 has resnet.py's 3×3 stem and stage-1 projection."""
+    tar, module, pngs = models[case]
+    pixels = pillow_pixels(pngs)
+    net = _mapped_network(tar, *CASES[case])
+    ours = inference_network(net, multi_label=False)(mx.nd.array(pixels)).asnumpy()
+    np.testing.assert_allclose(ours, module_probabilities(module, pixels), atol=1e-5)
 
 
 @pytest.mark.parametrize(
     ("num_layers", "shape"),
-    [
-        (20, (3, 16, 16)),
-        (32, (1, 16, 16)),
-        (50, (3, 36, 36)),
-        (18, (3, 32, 32)),  # 3×3 stem and stage-1 projection
-        (18, (3, 36, 36)),  # stage-1 projection
-    ],
+    [(32, (1, 16, 16)), (50, (3, 36, 36)), (18, (3, 34, 34))],  # 34 px: 7×7 stem, projection
 )
-def test_incremental_training_starts_from_the_builtin_function(
+def test_incremental_training_starts_from_other_builtin_functions(
     tmp_path: Path, num_layers: int, shape: tuple[int, int, int]
 ) -> None:
     module = trained_builtin_model(tmp_path / "model", num_layers, CLASSES, shape)
@@ -142,10 +144,8 @@ def resnet20_model(tmp_path_factory) -> Path:
 )
 def test_a_mismatch_says_which(resnet20_model: Path, change: dict, message: str) -> None:
     expected = {"num_layers": 20, "num_classes": CLASSES, "image_shape": (3, 16, 16), **change}
-    net = build_network(expected["num_layers"], expected["num_classes"], expected["image_shape"])
-    net.initialize()
     with pytest.raises(ClientError, match=message):
-        load_training_weights(net, resnet20_model, expected)
+        training_network(resnet20_model, expected, [mx.cpu()])
 
 
 def test_a_builtin_cifar_style_resnet50_says_what_differs(tmp_path: Path) -> None:

@@ -308,47 +308,42 @@ def _check_matches(stored: dict, expected: dict, where: Path) -> None:
         )
 
 
-def model_structure(model_dir_or_tar: Path, expected: dict) -> Structure:
-    """The structure imgcls's network needs to hold a stored model's weights (incremental
-    training): imgcls-model.json's, or the built-in model's own. ClientError if the model does
-    not match `expected` (as load_training_weights checks it)."""
+def training_network(
+    model_dir_or_tar: Path, expected: dict, ctx: list[mx.Context]
+) -> gluon.HybridBlock:
+    """imgcls's training network holding a stored model's weights, on `ctx` (incremental training).
+
+    `expected` holds the requested num_layers, num_classes (ints) and image_shape (3 ints); each
+    must equal the stored model's. The network takes the stored model's structure (its
+    imgcls-model.json's, or a built-in model's own), and a built-in model's weights are mapped
+    onto it (builtin.py).
+    """
     with model_folder(model_dir_or_tar) as folder:
         _, params = latest_params(folder)
         info = stored_info(folder, params)
         _check_matches(info, expected, model_dir_or_tar)
-        if (folder / METADATA_FILE).exists():
-            return network_structure(info)
         arrays = load_arrays(params)
-    if not builtin.is_builtin(arrays):
-        return MODEL_ZOO
-    names = {name.split(":", 1)[1] for name in arrays}
-    return builtin.builtin_structure(
-        names, info["num_layers"], info["num_classes"], info["image_shape"]
+    net = build_network(
+        info["num_layers"], info["num_classes"], info["image_shape"], _structure(info, arrays)
     )
-
-
-def load_training_weights(
-    net: gluon.HybridBlock,
-    model_dir_or_tar: Path,
-    expected: dict,
-    ctx: mx.Context | list[mx.Context] | None = None,
-) -> None:
-    """Load a stored model's weights into the training network `net` (incremental training).
-
-    `expected` holds the requested num_layers, num_classes (ints) and image_shape (3 ints); each
-    must equal the stored model's. A built-in algorithm's model is mapped onto `net` (builtin.py).
-    The weights go to `ctx` when `net` is not initialised yet.
-    """
-    with model_folder(model_dir_or_tar) as folder:
-        _, params = latest_params(folder)
-        _check_matches(stored_info(folder, params), expected, model_dir_or_tar)
-        arrays = load_arrays(params)
+    net.initialize(ctx=ctx)  # then every parameter is loaded: the initialiser does not matter
     if builtin.is_builtin(arrays):
         arrays = builtin.mapped_weights(net, arrays, str(model_dir_or_tar))
     try:
-        net.collect_params().load_dict(arrays, ctx, allow_missing=False, ignore_extra=False)
+        net.collect_params().load_dict(arrays, allow_missing=False, ignore_extra=False)
     except AssertionError as e:
         raise ClientError(
             f"The weights in {model_dir_or_tar} do not fit imgcls's network (a model of another "
             f"implementation?): {e}"
         ) from e
+    return net
+
+
+def _structure(info: dict, arrays: dict[str, mx.nd.NDArray]) -> Structure:
+    """A stored model's structure: imgcls-model.json's, or the one a built-in model's names need."""
+    if not builtin.is_builtin(arrays):
+        return network_structure(info)
+    names = {name.split(":", 1)[1] for name in arrays}
+    return builtin.builtin_structure(
+        names, info["num_layers"], info["num_classes"], info["image_shape"]
+    )

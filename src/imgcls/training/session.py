@@ -54,25 +54,19 @@ def build_learner(
 ) -> Learner:
     """The network (initialised, or from a previous model), its trainer and its loss
     (multi-label: positives weighted by `positive_weights()` when given)."""
-    expected = {
-        "num_layers": hp.num_layers,
-        "image_shape": hp.image_shape,
-        "num_classes": hp.num_classes,
-    }
-    structure = MODEL_ZOO
     if model_channel is not None:
-        structure = artifact.model_structure(model_channel, expected)
-    net = build_network(hp.num_layers, hp.num_classes, hp.image_shape, structure)
-    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=contexts)
-    if model_channel is not None:
-        artifact.load_training_weights(net, model_channel, expected)
+        net = artifact.training_network(model_channel, _checked_settings(hp), contexts)
         logger.info("Incremental training: weights loaded from %s", model_channel)
-        if structure != MODEL_ZOO:
-            logger.info("The model's network, kept: %s", structure)
+        if net.structure != MODEL_ZOO:
+            logger.info("The model's network, kept: %s", net.structure)
         if hp.use_pretrained_model:
             logger.info("use_pretrained_model=1 is ignored: the model channel's weights win.")
-    elif hp.use_pretrained_model:
-        pretrained.load_imagenet_features(net, hp.num_layers)
+    else:
+        net = build_network(hp.num_layers, hp.num_classes, hp.image_shape)
+        xavier = mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2)
+        net.initialize(xavier, ctx=contexts)
+        if hp.use_pretrained_model:
+            pretrained.load_imagenet_features(net, hp.num_layers)
     if hp.precision_dtype == "float16":
         net.cast("float16")
     if worker is not None:
@@ -97,6 +91,15 @@ def build_learner(
         hosts_per_update=hosts_per_update(worker),
         targets=targets,
     )
+
+
+def _checked_settings(hp: Hyperparameters) -> dict:
+    """What a model channel's model must share with the job."""
+    return {
+        "num_layers": hp.num_layers,
+        "image_shape": hp.image_shape,
+        "num_classes": hp.num_classes,
+    }
 
 
 def hosts_per_update(worker: WorkerContext | None) -> int:
