@@ -23,7 +23,7 @@ from imgcls.model.artifact import (
     training_network,
 )
 from imgcls.model.inference import load_model
-from imgcls.model.networks import build_network, inference_network
+from imgcls.model.networks import MODEL_ZOO, Structure, build_network, inference_network
 
 SHAPE = (3, 8, 8)
 CLASSES = 4
@@ -34,10 +34,10 @@ def _pixels(n: int = 3, shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> n
     return np.random.default_rng(seed).uniform(0, 255, (n, *shape)).astype("float32")
 
 
-def _trained_like(num_layers: int = 20, shape=SHAPE, seed: int = 0):
+def _trained_like(num_layers: int = 20, shape=SHAPE, seed: int = 0, structure=MODEL_ZOO):
     """An initialised network whose BatchNorm statistics are not the defaults."""
     mx.random.seed(seed)
-    net = build_network(num_layers, CLASSES, shape)
+    net = build_network(num_layers, CLASSES, shape, structure)
     net.initialize(mx.init.Xavier())
     net(mx.nd.zeros((1, *shape)))
     rng = np.random.default_rng(seed)
@@ -311,9 +311,19 @@ def test_load_model_reports_a_corrupt_tarball(tmp_path):
         (lambda d: (d / f"{PREFIX}-0001.params").unlink(), "NNNN.params"),
         (lambda d: (d / METADATA_FILE).write_text("{not json"), METADATA_FILE),
         (lambda d: (d / METADATA_FILE).write_text('{"num_layers": 20}'), METADATA_FILE),
+        (lambda d: _set_metadata(d, network={"small_stem": True}), "ResNet-20 cannot have"),
+        (lambda d: _set_metadata(d, network={"stem": "3x3"}), "unexpected keyword"),
         (lambda d: (d / f"{PREFIX}-0001.params").write_bytes(b"junk"), "0001.params.*format"),
     ],
-    ids=["no-symbol", "no-params", "bad-json", "incomplete-json", "bad-params"],
+    ids=[
+        "no-symbol",
+        "no-params",
+        "bad-json",
+        "incomplete-json",
+        "impossible-network",
+        "unknown-network",
+        "bad-params",
+    ],
 )
 def test_load_model_explains_an_incomplete_model(tmp_path, net, damage, message):
     _export(net, tmp_path)
@@ -321,6 +331,35 @@ def test_load_model_explains_an_incomplete_model(tmp_path, net, damage, message)
     with pytest.raises(ClientError, match=message) as raised:
         load_model(tmp_path)
     assert str(tmp_path) in str(raised.value)
+
+
+def _set_metadata(model_dir: Path, **values) -> None:
+    metadata = json.loads((model_dir / METADATA_FILE).read_text())
+    (model_dir / METADATA_FILE).write_text(json.dumps({**metadata, **values}))
+
+
+@pytest.mark.parametrize(
+    "structure",
+    [Structure(stage1_projection=True), Structure(small_stem=True, stage1_projection=True)],
+)
+def test_a_network_structure_is_recorded_and_rebuilt(tmp_path, structure):
+    """A ResNet-18 in a built-in model's structure: imgcls-model.json records it, plain MXNet
+    computes what the network does, and a model channel rebuilds it with the same function."""
+    shape = SHAPE
+    net = _trained_like(18, shape, structure=structure)
+    export_model(net, tmp_path, 1, shape, False, {"num_layers": 18, "num_classes": CLASSES})
+    metadata = json.loads((tmp_path / METADATA_FILE).read_text())
+    assert metadata["network"] == {
+        "small_stem": structure.small_stem,
+        "stage1_projection": structure.stage1_projection,
+    }
+    x = _pixels(shape=shape)
+    expected = _module_outputs(tmp_path, 1, x)
+    np.testing.assert_allclose(_probabilities(net, x), expected, rtol=1e-5, atol=1e-7)
+    expected_settings = {"num_layers": 18, "num_classes": CLASSES, "image_shape": shape}
+    fresh = training_network(tmp_path, expected_settings, [mx.cpu()])
+    assert fresh.structure == structure
+    np.testing.assert_allclose(_probabilities(fresh, x), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_load_model_of_a_missing_folder(tmp_path):
