@@ -13,7 +13,14 @@ import numpy as np
 from conftest import pattern_image
 from PIL import Image
 
-LARGE_UNITS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3]}
+LARGE_UNITS = {
+    18: [2, 2, 2, 2],
+    34: [3, 4, 6, 3],
+    50: [3, 4, 6, 3],
+    101: [3, 4, 23, 3],
+    152: [3, 8, 36, 3],
+    200: [3, 24, 36, 3],
+}
 PREFIX = "image-classification"
 
 
@@ -53,12 +60,22 @@ def _unit(x, filters: int, stride: int, projection: bool, name: str, bottleneck:
     return y + shortcut
 
 
+def _cifar_tables(num_layers: int) -> tuple[list[int], list[int], bool]:
+    """Units per stage, filters and bottleneck of the 3-stage networks for images ≤ 28 px high."""
+    if num_layers >= 164 and (num_layers - 2) % 9 == 0:
+        return [(num_layers - 2) // 9] * 3, [16, 64, 128, 256], True
+    if num_layers < 164 and (num_layers - 2) % 6 == 0:
+        return [(num_layers - 2) // 6] * 3, [16, 16, 32, 64], False
+    raise ValueError(f"resnet.py builds no ResNet-{num_layers} for images up to 28 px high")
+
+
 def builtin_resnet(num_layers: int, num_classes: int, image_shape: tuple[int, int, int]):
-    """The built-in algorithm's symbol: CIFAR tables up to 28 px, ImageNet ones above; a 3×3 stem
-    up to 32 px, else 7×7/2 + bn0 + max pooling; every stage opens with a projection."""
+    """The built-in algorithm's symbol, by the image height alone: 3-stage (CIFAR) tables up to
+    28 px, ImageNet ones above; a 3×3/1 stem up to 32 px, else 7×7/2 + bn0 + max pooling; every
+    stage (also stage 1) opens with a projection shortcut."""
     height = image_shape[1]
     if height <= 28:
-        units, filters, bottleneck = [(num_layers - 2) // 6] * 3, [16, 16, 32, 64], False
+        units, filters, bottleneck = _cifar_tables(num_layers)
     else:
         units, bottleneck = LARGE_UNITS[num_layers], num_layers >= 50
         filters = [64, 256, 512, 1024, 2048] if bottleneck else [64, 64, 128, 256, 512]

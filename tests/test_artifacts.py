@@ -19,11 +19,11 @@ from imgcls.model.artifact import (
     SYMBOL_FILE,
     export_model,
     list_params_epochs,
-    load_training_weights,
     remove_params,
+    training_network,
 )
 from imgcls.model.inference import load_model
-from imgcls.model.networks import build_network, inference_network
+from imgcls.model.networks import MODEL_ZOO, Structure, build_network, inference_network
 
 SHAPE = (3, 8, 8)
 CLASSES = 4
@@ -34,10 +34,10 @@ def _pixels(n: int = 3, shape: tuple[int, int, int] = SHAPE, seed: int = 0) -> n
     return np.random.default_rng(seed).uniform(0, 255, (n, *shape)).astype("float32")
 
 
-def _trained_like(num_layers: int = 20, shape=SHAPE, seed: int = 0):
+def _trained_like(num_layers: int = 20, shape=SHAPE, seed: int = 0, structure=MODEL_ZOO):
     """An initialised network whose BatchNorm statistics are not the defaults."""
     mx.random.seed(seed)
-    net = build_network(num_layers, CLASSES, shape)
+    net = build_network(num_layers, CLASSES, shape, structure)
     net.initialize(mx.init.Xavier())
     net(mx.nd.zeros((1, *shape)))
     rng = np.random.default_rng(seed)
@@ -311,9 +311,19 @@ def test_load_model_reports_a_corrupt_tarball(tmp_path):
         (lambda d: (d / f"{PREFIX}-0001.params").unlink(), "NNNN.params"),
         (lambda d: (d / METADATA_FILE).write_text("{not json"), METADATA_FILE),
         (lambda d: (d / METADATA_FILE).write_text('{"num_layers": 20}'), METADATA_FILE),
+        (lambda d: _set_metadata(d, network={"small_stem": True}), "ResNet-20 cannot have"),
+        (lambda d: _set_metadata(d, network={"stem": "3x3"}), "unexpected keyword"),
         (lambda d: (d / f"{PREFIX}-0001.params").write_bytes(b"junk"), "0001.params.*format"),
     ],
-    ids=["no-symbol", "no-params", "bad-json", "incomplete-json", "bad-params"],
+    ids=[
+        "no-symbol",
+        "no-params",
+        "bad-json",
+        "incomplete-json",
+        "impossible-network",
+        "unknown-network",
+        "bad-params",
+    ],
 )
 def test_load_model_explains_an_incomplete_model(tmp_path, net, damage, message):
     _export(net, tmp_path)
@@ -321,6 +331,35 @@ def test_load_model_explains_an_incomplete_model(tmp_path, net, damage, message)
     with pytest.raises(ClientError, match=message) as raised:
         load_model(tmp_path)
     assert str(tmp_path) in str(raised.value)
+
+
+def _set_metadata(model_dir: Path, **values) -> None:
+    metadata = json.loads((model_dir / METADATA_FILE).read_text())
+    (model_dir / METADATA_FILE).write_text(json.dumps({**metadata, **values}))
+
+
+@pytest.mark.parametrize(
+    "structure",
+    [Structure(stage1_projection=True), Structure(small_stem=True, stage1_projection=True)],
+)
+def test_a_network_structure_is_recorded_and_rebuilt(tmp_path, structure):
+    """A ResNet-18 in a built-in model's structure: imgcls-model.json records it, plain MXNet
+    computes what the network does, and a model channel rebuilds it with the same function."""
+    shape = SHAPE
+    net = _trained_like(18, shape, structure=structure)
+    export_model(net, tmp_path, 1, shape, False, {"num_layers": 18, "num_classes": CLASSES})
+    metadata = json.loads((tmp_path / METADATA_FILE).read_text())
+    assert metadata["network"] == {
+        "small_stem": structure.small_stem,
+        "stage1_projection": structure.stage1_projection,
+    }
+    x = _pixels(shape=shape)
+    expected = _module_outputs(tmp_path, 1, x)
+    np.testing.assert_allclose(_probabilities(net, x), expected, rtol=1e-5, atol=1e-7)
+    expected_settings = {"num_layers": 18, "num_classes": CLASSES, "image_shape": shape}
+    fresh = training_network(tmp_path, expected_settings, [mx.cpu()])
+    assert fresh.structure == structure
+    np.testing.assert_allclose(_probabilities(fresh, x), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_load_model_of_a_missing_folder(tmp_path):
@@ -345,9 +384,8 @@ def test_incremental_training_refuses_a_different_model(
     _export(net, tmp_path)
     if without_metadata:
         (tmp_path / METADATA_FILE).unlink()
-    fresh = build_network(20, CLASSES, SHAPE)
     with pytest.raises(ClientError, match=key) as raised:
-        load_training_weights(fresh, tmp_path, {**HYPERPARAMETERS, key: value})
+        training_network(tmp_path, {**HYPERPARAMETERS, key: value}, [mx.cpu()])
     stored = HYPERPARAMETERS[key]
     assert f"model has {stored}, the hyperparameters ask for {value}" in str(raised.value)
 
@@ -359,10 +397,8 @@ def test_incremental_training_restores_the_training_network(tmp_path, net, sourc
         pack_model(tmp_path / "model", tmp_path / "channel" / "model.tar.gz")
     if source == "folder-without-metadata":
         (tmp_path / "model" / METADATA_FILE).unlink()
-    fresh = build_network(20, CLASSES, SHAPE)
-    fresh.initialize(mx.init.Xavier())
     path = tmp_path / ("channel" if source == "tarball" else "model")
-    load_training_weights(fresh, path, dict(HYPERPARAMETERS, image_shape=[*SHAPE]))
+    fresh = training_network(path, dict(HYPERPARAMETERS, image_shape=[*SHAPE]), [mx.cpu()])
     x = mx.nd.array(_pixels())
     np.testing.assert_array_equal(fresh(x).asnumpy(), net(x).asnumpy())
     for name, p in net.collect_params().items():
@@ -377,7 +413,7 @@ def test_incremental_training_refuses_weights_of_another_network(tmp_path, net):
     arrays = mx.nd.load(str(params))
     mx.nd.save(str(params), {k.replace("imgcls_", "other_"): v for k, v in arrays.items()})
     with pytest.raises(ClientError, match="do not fit"):
-        load_training_weights(build_network(20, CLASSES, SHAPE), tmp_path, HYPERPARAMETERS)
+        training_network(tmp_path, HYPERPARAMETERS, [mx.cpu()])
 
 
 @pytest.mark.parametrize("num_layers", LARGE_IMAGE_DEPTHS + SMALL_IMAGE_DEPTHS)

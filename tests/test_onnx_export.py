@@ -30,16 +30,22 @@ from onnx.reference.op_run import OpRun
 from imgcls.cli import main
 from imgcls.errors import ClientError
 from imgcls.model.artifact import PREFIX, export_model
-from imgcls.model.networks import build_network
+from imgcls.model.networks import MODEL_ZOO, Structure, build_network
 from imgcls.model.onnx_export import export_onnx
 
 CLASSES = 4
 
 
-def imgcls_model(folder: Path, num_layers: int, shape: tuple[int, int, int], multi_label: bool):
+def imgcls_model(
+    folder: Path,
+    num_layers: int,
+    shape: tuple[int, int, int],
+    multi_label: bool,
+    structure: Structure = MODEL_ZOO,
+):
     """An exported imgcls model whose BatchNorm statistics and shifts are not the defaults."""
     mx.random.seed(1)
-    net = build_network(num_layers, CLASSES, shape)
+    net = build_network(num_layers, CLASSES, shape, structure)
     net.initialize(mx.init.Xavier())
     net(mx.nd.zeros((1, *shape)))
     rng = np.random.default_rng(1)
@@ -132,14 +138,26 @@ def real_pixels(folder: Path, shape: tuple[int, int, int], count: int) -> np.nda
     return pixels[:, : shape[0]]
 
 
+BUILTIN_STRUCTURE = Structure(small_stem=True, stage1_projection=True)
+
+
 @pytest.mark.parametrize(
-    ("num_layers", "shape", "multi_label"),
-    [(20, (3, 8, 8), False), (20, (1, 8, 8), True), (18, (3, 8, 8), False)],
+    ("num_layers", "shape", "multi_label", "structure"),
+    [
+        (20, (3, 8, 8), False, MODEL_ZOO),
+        (20, (1, 8, 8), True, MODEL_ZOO),
+        (18, (3, 8, 8), False, MODEL_ZOO),
+        (18, (3, 8, 8), False, BUILTIN_STRUCTURE),  # as a continued built-in ResNet-18 has it
+    ],
 )
 def test_onnx_outputs_equal_modules(
-    tmp_path: Path, num_layers: int, shape: tuple[int, int, int], multi_label: bool
+    tmp_path: Path,
+    num_layers: int,
+    shape: tuple[int, int, int],
+    multi_label: bool,
+    structure: Structure,
 ) -> None:
-    folder = imgcls_model(tmp_path / "model", num_layers, shape, multi_label)
+    folder = imgcls_model(tmp_path / "model", num_layers, shape, multi_label, structure)
     pixels = real_pixels(tmp_path / "images", shape, 2)
     done = export_onnx(tarball(folder, tmp_path / "model.tar.gz"), tmp_path / "model.onnx")
     assert (done.epoch, done.image_shape) == (1, shape)

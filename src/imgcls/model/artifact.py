@@ -8,6 +8,7 @@ only module that knows those names; archive.py packs them, inference.py serves t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import tempfile
@@ -23,7 +24,13 @@ from imgcls.config.hyperparameters.table import DEPTHS
 from imgcls.errors import ClientError
 from imgcls.model import builtin
 from imgcls.model.archive import safe_extract
-from imgcls.model.networks import build_network, inference_network
+from imgcls.model.networks import (
+    MODEL_ZOO,
+    Structure,
+    build_network,
+    inference_network,
+    structures,
+)
 from imgcls.system import atomic_write
 
 PREFIX = "image-classification"
@@ -35,6 +42,7 @@ _PARAMS_RE = re.compile(rf"{re.escape(PREFIX)}-(\d{{4,}})\.params")
 _CHECKED = ("num_layers", "image_shape", "num_classes")
 _REQUIRED = (*_CHECKED, "multi_label")
 CROP_SIDE_KEY = "inference_shorter_side"
+STRUCTURE_KEY = "network"
 
 
 def params_path(model_dir: Path, epoch: int) -> Path:
@@ -66,7 +74,9 @@ def _float32_copy(net: gluon.HybridBlock, metadata: dict, image_shape: tuple) ->
         name: p.data(p.list_ctx()[0]).as_in_context(mx.cpu()).astype("float32")
         for name, p in net.collect_params().items()
     }
-    copy = build_network(metadata["num_layers"], metadata["num_classes"], image_shape)
+    copy = build_network(
+        metadata["num_layers"], metadata["num_classes"], image_shape, net.structure
+    )
     copy.collect_params().load_dict(arrays, mx.cpu(), allow_missing=False, ignore_extra=False)
     return copy
 
@@ -88,9 +98,9 @@ def export_model(
     probabilities.
 
     `metadata` (num_layers and num_classes at least) goes to imgcls-model.json together with
-    image_shape and multi_label; the params file's path is returned. A float32 CPU copy of `net`
-    is exported, so a network trained in float16 gives the float32 model serving feeds, and
-    `net`'s precision, devices and hybridization stay untouched.
+    image_shape, multi_label and `net`'s structure; the params file's path is returned. A
+    float32 CPU copy of `net` is exported, so a network trained in float16 gives the float32
+    model serving feeds, and `net`'s precision, devices and hybridization stay untouched.
     """
     if epoch < 1:
         raise ValueError(f"epoch numbers start at 1, got {epoch}")
@@ -110,7 +120,8 @@ def export_model(
     atomic_write(model_dir / SYMBOL_FILE, lambda tmp: sym.save(str(tmp)))
     atomic_write(target, lambda tmp: mx.nd.save(str(tmp), arrays))
     _write_json(model_dir / SHAPES_FILE, [{"name": "data", "shape": [1, *image_shape]}])
-    info = {**metadata, "image_shape": list(image_shape), "multi_label": bool(multi_label)}
+    info = {**metadata, **structure_metadata(net.structure)}
+    info |= {"image_shape": list(image_shape), "multi_label": bool(multi_label)}
     _write_json(model_dir / METADATA_FILE, info)
     return target
 
@@ -233,6 +244,23 @@ def preprocessing_metadata(inference_preprocessing: str, shorter_side: int | Non
     return {"inference_preprocessing": "crop", CROP_SIDE_KEY: shorter_side}
 
 
+def structure_metadata(structure: Structure) -> dict:
+    """What imgcls-model.json records of the network's structure: nothing for the model zoo's."""
+    if structure == MODEL_ZOO:
+        return {}
+    return {STRUCTURE_KEY: dataclasses.asdict(structure)}
+
+
+def network_structure(info: dict) -> Structure:
+    """The structure stored metadata records (ValueError or TypeError if it is not valid)."""
+    structure = Structure(**info.get(STRUCTURE_KEY, {}))
+    if not all(isinstance(v, bool) for v in dataclasses.astuple(structure)):
+        raise TypeError(f"{STRUCTURE_KEY!r} must hold true or false values")
+    if structure not in structures(info["num_layers"]):
+        raise ValueError(f"a ResNet-{info['num_layers']} cannot have the structure {structure}")
+    return structure
+
+
 def _coerced(info: dict) -> dict:
     """`info` with the hyperparameters it holds in comparable types (JSON makes tuples lists)."""
     return {key: _CASTS.get(key, lambda v: v)(value) for key, value in info.items()}
@@ -255,7 +283,9 @@ def stored_info(folder: Path, params: Path) -> dict:
             raise KeyError(f"lacks {sorted(missing)}")
         if info.get("inference_preprocessing") == "crop" and CROP_SIDE_KEY not in info:
             raise KeyError(f"inference_preprocessing 'crop' without {CROP_SIDE_KEY!r}")
-        return _coerced(info)
+        info = _coerced(info)
+        network_structure(info)
+        return info
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise ClientError(
             f"{METADATA_FILE} in {folder} is not valid ({e}): it must hold {list(_REQUIRED)}."
@@ -278,28 +308,42 @@ def _check_matches(stored: dict, expected: dict, where: Path) -> None:
         )
 
 
-def load_training_weights(
-    net: gluon.HybridBlock,
-    model_dir_or_tar: Path,
-    expected: dict,
-    ctx: mx.Context | list[mx.Context] | None = None,
-) -> None:
-    """Load a stored model's weights into the training network `net` (incremental training).
+def training_network(
+    model_dir_or_tar: Path, expected: dict, ctx: list[mx.Context]
+) -> gluon.HybridBlock:
+    """imgcls's training network holding a stored model's weights, on `ctx` (incremental training).
 
     `expected` holds the requested num_layers, num_classes (ints) and image_shape (3 ints); each
-    must equal the stored model's. A built-in algorithm's model is mapped onto `net` (builtin.py).
-    The weights go to `ctx` when `net` is not initialised yet.
+    must equal the stored model's. The network takes the stored model's structure (its
+    imgcls-model.json's, or a built-in model's own), and a built-in model's weights are mapped
+    onto it (builtin.py).
     """
     with model_folder(model_dir_or_tar) as folder:
         _, params = latest_params(folder)
-        _check_matches(stored_info(folder, params), expected, model_dir_or_tar)
+        info = stored_info(folder, params)
+        _check_matches(info, expected, model_dir_or_tar)
         arrays = load_arrays(params)
+    net = build_network(
+        info["num_layers"], info["num_classes"], info["image_shape"], _structure(info, arrays)
+    )
+    net.initialize(ctx=ctx)  # then every parameter is loaded: the initialiser does not matter
     if builtin.is_builtin(arrays):
         arrays = builtin.mapped_weights(net, arrays, str(model_dir_or_tar))
     try:
-        net.collect_params().load_dict(arrays, ctx, allow_missing=False, ignore_extra=False)
+        net.collect_params().load_dict(arrays, allow_missing=False, ignore_extra=False)
     except AssertionError as e:
         raise ClientError(
             f"The weights in {model_dir_or_tar} do not fit imgcls's network (a model of another "
             f"implementation?): {e}"
         ) from e
+    return net
+
+
+def _structure(info: dict, arrays: dict[str, mx.nd.NDArray]) -> Structure:
+    """A stored model's structure: imgcls-model.json's, or the one a built-in model's names need."""
+    if not builtin.is_builtin(arrays):
+        return network_structure(info)
+    names = {name.split(":", 1)[1] for name in arrays}
+    return builtin.builtin_structure(
+        names, info["num_layers"], info["num_classes"], info["image_shape"]
+    )

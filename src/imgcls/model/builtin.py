@@ -15,6 +15,7 @@ from mxnet import gluon
 from mxnet.gluon import nn
 
 from imgcls.errors import ClientError
+from imgcls.model.networks import MODEL_ZOO, Structure, build_network, structures
 
 BUILTIN_EPS = 2e-5
 CLASSIFIER = "fc1_weight"
@@ -58,6 +59,18 @@ def fix_gammas(sym: mx.sym.Symbol, params: dict[str, mx.nd.NDArray]) -> dict[str
 def is_builtin(arrays: dict[str, mx.nd.NDArray]) -> bool:
     """Whether a params file's arrays carry the built-in algorithm's names."""
     return f"arg:{CLASSIFIER}" in arrays
+
+
+def builtin_structure(
+    names: set[str], num_layers: int, num_classes: int, image_shape: tuple[int, int, int]
+) -> Structure:
+    """The structure under which imgcls's network of that depth has the built-in model's
+    parameter `names`; the model zoo's when none has (mapped_weights then says what differs)."""
+    for structure in structures(num_layers):
+        net = build_network(num_layers, num_classes, image_shape, structure)
+        if set(builtin_names(net.backbone).values()) == names:
+            return structure
+    return MODEL_ZOO
 
 
 def builtin_names(backbone: gluon.HybridBlock) -> dict[str, str]:
@@ -138,8 +151,9 @@ def _check_names(expected: set[str], stored: set[str], where: str) -> None:
         raise ClientError(
             f"The built-in model in {where} does not have the structure of imgcls's network: "
             f"missing {missing or 'nothing'}, not in imgcls's network {extra or 'nothing'}. "
-            "(The built-in ResNet-18 and -34 project the shortcut of stage1_unit1, imgcls's "
-            "do not.) Serve the model as it is, or train from scratch."
+            "(The built-in ResNet-50, -152 and -200 for images at most 28 px high have three "
+            "CIFAR-style stages, imgcls's have four.) Serve the model as it is, or train from "
+            "scratch."
         )
 
 

@@ -5,6 +5,7 @@ Both families reuse Gluon's model-zoo ResNet v2, the pre-activation network of M
 into a network built by another.
 """
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import mxnet as mx
@@ -34,7 +35,43 @@ def _pixel_stats(channels: int) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"image channels must be 1 or 3, got {channels}")
 
 
-class CIFARResNetV2(ResNetV2):
+@dataclass(frozen=True)
+class Structure:
+    """Where a large-image network departs from the model zoo's, as built-in models do.
+
+    MXNet's `symbols/resnet.py` gives images of at most 32 px high a 3×3 stride-1 stem without
+    bn0 and max pooling (`small_stem`), and opens every stage with a projection shortcut, also
+    stage 1 of the basic-block depths 18 and 34 (`stage1_projection`).
+    """
+
+    small_stem: bool = False
+    stage1_projection: bool = False
+
+
+MODEL_ZOO = Structure()
+
+
+def structures(num_layers: int) -> list[Structure]:
+    """The structures a network of that depth can be built with, the model zoo's first."""
+    if num_layers in SMALL_IMAGE_DEPTHS:
+        return [MODEL_ZOO]
+    return [Structure(stem, projection) for stem in (False, True) for projection in (False, True)]
+
+
+class ProjectedResNetV2(ResNetV2):
+    """ResNet v2 whose every stage opens with a projection shortcut, as in MXNet's
+    `symbols/resnet.py` (the model zoo projects only where the channel count changes)."""
+
+    def _make_layer(self, block, layers, channels, stride, stage_index, in_channels=0):
+        layer = nn.HybridSequential(prefix=f"stage{stage_index}_")
+        with layer.name_scope():
+            layer.add(block(channels, stride, True, in_channels=in_channels, prefix=""))
+            for _ in range(layers - 1):
+                layer.add(block(channels, 1, False, in_channels=channels, prefix=""))
+        return layer
+
+
+class CIFARResNetV2(ProjectedResNetV2):
     """CIFAR-style ResNet v2 (3×3 stem, no pooling) whose every stage opens with a projection.
 
     As in MXNet's `symbols/resnet.py`. GluonCV's `CIFARResNetV2` instead feeds the stem
@@ -48,20 +85,17 @@ class CIFARResNetV2(ResNetV2):
             BasicBlockV2, [units] * 3, _SMALL_CHANNELS, classes=num_classes, thumbnail=True
         )
 
-    def _make_layer(self, block, layers, channels, stride, stage_index, in_channels=0):
-        layer = nn.HybridSequential(prefix=f"stage{stage_index}_")
-        with layer.name_scope():
-            layer.add(block(channels, stride, True, in_channels=in_channels, prefix=""))
-            for _ in range(layers - 1):
-                layer.add(block(channels, 1, False, in_channels=channels, prefix=""))
-        return layer
 
-
-def _backbone(num_layers: int, num_classes: int) -> gluon.HybridBlock:
+def _backbone(num_layers: int, num_classes: int, structure: Structure) -> gluon.HybridBlock:
     """The ResNet v2 of that depth, with its `features` and its `output` classifier."""
+    if structure not in structures(num_layers):
+        raise ValueError(f"a ResNet-{num_layers} cannot have the structure {structure}")
     if num_layers in LARGE_IMAGE_DEPTHS:
         block, layers, channels = _LARGE_SPEC[num_layers]
-        return ResNetV2(_LARGE_BLOCKS[block], layers, channels, classes=num_classes)
+        network = ProjectedResNetV2 if structure.stage1_projection else ResNetV2
+        return network(
+            _LARGE_BLOCKS[block], layers, channels, num_classes, thumbnail=structure.small_stem
+        )
     if num_layers in SMALL_IMAGE_DEPTHS:
         return CIFARResNetV2(num_layers, num_classes)
     raise ValueError(f"num_layers must be one of {DEPTHS}, got {num_layers}")
@@ -83,13 +117,16 @@ def _learn_data_batchnorm_shift(backbone: ResNetV2) -> None:
 class ImageClassifier(gluon.HybridBlock):
     """Raw 0–255 NCHW pixels → per-channel normalisation (constants) → ResNet v2 → logits."""
 
-    def __init__(self, num_layers: int, num_classes: int, channels: int):
+    def __init__(
+        self, num_layers: int, num_classes: int, channels: int, structure: Structure = MODEL_ZOO
+    ):
         super().__init__(prefix="imgcls_")
         mean, std = _pixel_stats(channels)
+        self.structure = structure
         with self.name_scope():
             self.mean = self.params.get_constant("mean", mean)
             self.inv_std = self.params.get_constant("inv_std", 1 / std)
-            self.backbone = _backbone(num_layers, num_classes)
+            self.backbone = _backbone(num_layers, num_classes, structure)
         _learn_data_batchnorm_shift(self.backbone)
 
     def hybrid_forward(self, F, x, mean, inv_std):
@@ -112,10 +149,13 @@ class Probabilities(gluon.HybridBlock):
 
 
 def build_network(
-    num_layers: int, num_classes: int, image_shape: tuple[int, int, int]
+    num_layers: int,
+    num_classes: int,
+    image_shape: tuple[int, int, int],
+    structure: Structure = MODEL_ZOO,
 ) -> ImageClassifier:
     """The (uninitialised) training network for `image_shape` (channels, height, width) images."""
-    return ImageClassifier(num_layers, num_classes, image_shape[0])
+    return ImageClassifier(num_layers, num_classes, image_shape[0], structure)
 
 
 def inference_network(net: gluon.HybridBlock, multi_label: bool) -> Probabilities:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from imgcls.data.loaders import ChannelData, local_batches, train_iter, validati
 from imgcls.errors import TrainingInterrupted
 from imgcls.log import logger
 from imgcls.model import archive, artifact, pretrained
-from imgcls.model.networks import build_network
+from imgcls.model.networks import MODEL_ZOO, build_network
 from imgcls.training.checkpoints import ModelCheckpoints
 from imgcls.training.distributed.worker import (
     WorkerContext,
@@ -56,23 +57,19 @@ def build_learner(
 ) -> Learner:
     """The network (initialised, or from a previous model), its trainer and its loss
     (multi-label: positives weighted by `positive_weights()` when given)."""
-    net = build_network(hp.num_layers, hp.num_classes, hp.image_shape)
-    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2), ctx=contexts)
     if model_channel is not None:
-        artifact.load_training_weights(
-            net,
-            model_channel,
-            {
-                "num_layers": hp.num_layers,
-                "image_shape": hp.image_shape,
-                "num_classes": hp.num_classes,
-            },
-        )
+        net = artifact.training_network(model_channel, _checked_settings(hp), contexts)
         logger.info("Incremental training: weights loaded from %s", model_channel)
+        if net.structure != MODEL_ZOO:
+            logger.info("The model's network, kept: %s", net.structure)
         if hp.use_pretrained_model:
             logger.info("use_pretrained_model=1 is ignored: the model channel's weights win.")
-    elif hp.use_pretrained_model:
-        pretrained.load_imagenet_features(net, hp.num_layers)
+    else:
+        net = build_network(hp.num_layers, hp.num_classes, hp.image_shape)
+        xavier = mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2)
+        net.initialize(xavier, ctx=contexts)
+        if hp.use_pretrained_model:
+            pretrained.load_imagenet_features(net, hp.num_layers)
     if hp.precision_dtype == "float16":
         net.cast("float16")
     if worker is not None:
@@ -99,6 +96,15 @@ def build_learner(
     )
 
 
+def _checked_settings(hp: Hyperparameters) -> dict:
+    """What a model channel's model must share with the job."""
+    return {
+        "num_layers": hp.num_layers,
+        "image_shape": hp.image_shape,
+        "num_classes": hp.num_classes,
+    }
+
+
 def hosts_per_update(worker: WorkerContext | None) -> int:
     """dist_sync sums every host's batch into one update; dist_async applies each host's alone."""
     return worker.num_hosts if worker is not None and worker.synchronous else 1
@@ -112,6 +118,12 @@ def update_batch(mini_batch_size: int, worker: WorkerContext | None) -> int:
 def job_updates_per_epoch(hp: Hyperparameters, worker: WorkerContext | None) -> int:
     """Optimizer updates per epoch, as the learning-rate schedule counts them."""
     return updates_per_epoch(hp.num_training_samples, update_batch(hp.mini_batch_size, worker))
+
+
+def job_fingerprint(settings: dict, net: gluon.HybridBlock) -> dict:
+    """What a resume state must share with this job: its settings and its network's structure."""
+    fingerprint = {key: settings[key] for key in FINGERPRINT_KEYS}
+    return {**fingerprint, "network": dataclasses.asdict(net.structure)}
 
 
 def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None:
@@ -147,9 +159,11 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
         if hp.early_stopping
         else None
     )
-    fingerprint = {key: settings[key] for key in FINGERPRINT_KEYS}
     resume = ResumeState(
-        paths.checkpoints_dir, paths.model_dir, fingerprint, optimizer_states=worker is None
+        paths.checkpoints_dir,
+        paths.model_dir,
+        job_fingerprint(settings, learner.net),
+        optimizer_states=worker is None,
     )
     history = History()
     first_epoch = restore(
