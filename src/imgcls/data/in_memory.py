@@ -131,10 +131,10 @@ class InMemoryBatches(mx.io.DataIter):
         return chosen
 
     def _windows(self, chosen: np.ndarray) -> np.ndarray:
-        """One crop window per chosen image (mirrored at random with `random_crop`), as one
-        gather over the whole batch."""
+        """One crop window per chosen image (mirrored at random with `random_crop`), gathered
+        for the whole batch at once from a view of every window of every image."""
         count = chosen.size
-        _, channels, height, width = self.pixels.shape
+        height, width = self.pixels.shape[2:]
         h, w = self.crop
         if self.random_crop:
             top = self.rng.integers(0, height - h + 1, count)
@@ -144,12 +144,7 @@ class InMemoryBatches(mx.io.DataIter):
             top = np.full(count, (height - h) // 2)
             left = np.full(count, (width - w) // 2)
             mirror = np.zeros(count, dtype=bool)
-        rows = top[:, None] + np.arange(h)
-        columns = left[:, None] + np.arange(w)
-        columns = np.where(mirror[:, None], columns[:, ::-1], columns)
-        return self.pixels[
-            chosen[:, None, None, None],
-            np.arange(channels)[None, :, None, None],
-            rows[:, None, :, None],
-            columns[:, None, None, :],
-        ]
+        windows = np.lib.stride_tricks.sliding_window_view(self.pixels, (h, w), axis=(2, 3))
+        batch = windows[chosen, :, top, left]  # N x C x h x w
+        batch[mirror] = batch[mirror, :, :, ::-1]
+        return batch
