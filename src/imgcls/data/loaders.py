@@ -4,11 +4,11 @@ File mode: RecordIO channels are read where they are, through an index of their 
 channel's own .idx when it matches, else one built in a temporary folder); image channels
 (images + .lst) are packed into RecordIO and indexed in a temporary folder first. Both then go
 through MXNet's ImageRecordIter, which shuffles the whole channel every pass; a small training
-channel of one image size is decoded once instead (data/in_memory.py).
+channel of one image size is decoded once instead (data/in_memory.py). Pipe mode: RecordIO or
+augmented-manifest streams, read epoch by epoch from FIFOs (data/pipe/).
 
 Threads: OpenMP gets every core (cli.configure_threads); ImageRecordIter's decoders keep MXNet's
-default on CPU hosts and get every core on GPU hosts (MXNet caps them at max(1, cores/2 - 1)). Pipe mode:
-RecordIO or augmented-manifest streams, read epoch by epoch from FIFOs (data/pipe/).
+default on CPU hosts and get every core on GPU hosts (MXNet caps them at max(1, cores/2 - 1)).
 
 Several hosts: a FullyReplicated channel is on every host whole, so each host reads its part
 (ImageRecordIter's num_parts); a ShardedByS3Key channel holds only this host's files, which it
