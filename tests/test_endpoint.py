@@ -24,6 +24,7 @@ from imgcls.data.preprocess import prepare
 from imgcls.data.recordio import RecordStats
 from imgcls.model.artifact import METADATA_FILE
 from imgcls.serving.predictor import load_predictor
+from imgcls.training import endpoint
 from imgcls.training.endpoint import EndpointCheck, endpoint_check
 
 SHAPE = (3, 32, 32)
@@ -225,3 +226,30 @@ def test_hosts_score_disjoint_parts_that_sum_to_the_whole(tmp_path: Path) -> Non
     parts = [scored(3, i) for i in range(3)]
     assert whole == (expected, 11)
     assert (sum(p[0] for p in parts), sum(p[1] for p in parts)) == whole
+
+
+def test_kept_inputs_are_decoded_once_and_score_as_a_fresh_decode(tmp_path, monkeypatch) -> None:
+    rng = np.random.default_rng(6)
+    images = [np.full((20, 30, 3), rng.integers(0, 256), dtype=np.uint8) for _ in range(9)]
+    labels = [int(rng.integers(0, 2)) for _ in images]
+    rec = write_images(tmp_path / "v.rec", images, labels)
+    expected = sum(int(i.mean() > 127) == label for i, label in zip(images, labels, strict=True))
+    reads = []
+    original = endpoint.records
+    monkeypatch.setattr(endpoint, "records", lambda files: reads.append(files) or original(files))
+    check = EndpointCheck([rec], (3, 16, 16), 2, False, 4, keep_inputs=True)
+    for _ in range(3):
+        metric = check.metric()
+        check.evaluate(MeanBrightness(), metric)
+        assert (metric.sum_metric, metric.num_inst) == (expected, 9)
+    assert len(reads) == 1
+
+
+def test_the_endpoint_check_keeps_a_small_channels_inputs(tmp_path: Path) -> None:
+    rec = write_images(tmp_path / "v.rec", [np.zeros((20, 30, 3), np.uint8)] * 3, [0, 1, 0])
+    hp = parse_hyperparameters(
+        {"num_classes": "2", "num_training_samples": "3", "image_shape": "3,16,16"}
+    )
+    stats = RecordStats(files=[rec], count=3)
+    check = endpoint_check(hp, ChannelData("validation", tmp_path, [rec], stats), None, (1, 0))
+    assert check is not None and check.keep_inputs

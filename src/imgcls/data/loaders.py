@@ -3,8 +3,12 @@
 File mode: RecordIO channels are read where they are, through an index of their records (the
 channel's own .idx when it matches, else one built in a temporary folder); image channels
 (images + .lst) are packed into RecordIO and indexed in a temporary folder first. Both then go
-through MXNet's ImageRecordIter, which shuffles the whole channel every pass. Pipe mode:
-RecordIO or augmented-manifest streams, read epoch by epoch from FIFOs (data/pipe/).
+through MXNet's ImageRecordIter, which shuffles the whole channel every pass; a small training
+channel of one image size is decoded once instead (data/in_memory.py). Pipe mode: RecordIO or
+augmented-manifest streams, read epoch by epoch from FIFOs (data/pipe/).
+
+Threads: OpenMP gets every core (cli.configure_threads); ImageRecordIter's decoders keep MXNet's
+default on CPU hosts and get every core on GPU hosts (MXNet caps them at max(1, cores/2 - 1)).
 
 Several hosts: a FullyReplicated channel is on every host whole, so each host reads its part
 (ImageRecordIter's num_parts); a ShardedByS3Key channel holds only this host's files, which it
@@ -27,6 +31,14 @@ from imgcls.config.channels import DATA_CHANNELS, Channel
 from imgcls.config.environment import Paths
 from imgcls.config.hyperparameters import Hyperparameters
 from imgcls.data.augmentation import train_augmenter_args, validation_augmenter_args
+from imgcls.data.in_memory import (
+    IN_MEMORY_AUGMENTATIONS,
+    InMemoryBatches,
+    decode_records,
+    fits_in_memory,
+    stored_shape,
+    total_memory,
+)
 from imgcls.data.labels import (
     LABEL_FORMATS,
     MULTI_HOT,
@@ -47,6 +59,7 @@ from imgcls.data.recordio import (
     scan_records,
 )
 from imgcls.errors import ClientError
+from imgcls.system import cpu_count
 
 SHARDED_BY_S3_KEY = "ShardedByS3Key"
 
@@ -242,11 +255,13 @@ def train_iter(
     batch_size: int,
     parts: tuple[int, int] = (1, 0),
     batches: int | None = None,
+    gpus: int = 0,
 ) -> mx.io.DataIter:
-    """Shuffled, augmented training batches of this host's `parts`: `batches` per epoch
-    (default: one pass), read as one stream of passes, each a new permutation of the records
-    (the last batch of a pass is completed from the next). Pipe mode: as many as each epoch's
-    FIFO delivers."""
+    """Shuffled, augmented uint8 training batches of this host's `parts` (the network's input
+    cast happens on each device): `batches` per epoch (default: one pass), read as one stream
+    of passes, each a new permutation of the records (the last batch of a pass is completed
+    from the next). Small channels are decoded once (data/in_memory.py); with `gpus`, every
+    core decodes. Pipe mode: as many as each epoch's FIFO delivers."""
     if data.pipe is not None:
         return PipeBatches(
             data.pipe,
@@ -259,21 +274,49 @@ def train_iter(
         )
     if batches is None:
         batches = local_batches(data, batch_size, parts)
+    label_width = hp.num_classes if hp.multi_label else 1
+    shape = decode_once_shape(data, hp, parts)
+    if shape is not None:
+        count = part_count(data.count, *parts)
+        pixels, labels = decode_records(data.files, data.index, shape, label_width, count, parts)
+        return InMemoryBatches(
+            pixels,
+            labels,
+            batch_size=batch_size,
+            batches=batches,
+            crop=(hp.height, hp.width),
+            random_crop=hp.augmentation_type == "crop",
+        )
     inner = record_iter(
         data.files,
         index=data.index,
         image_shape=hp.image_shape,
         batch_size=batch_size,
-        label_width=hp.num_classes if hp.multi_label else 1,
+        label_width=label_width,
         shuffle=True,
         augment=train_augmenter_args(hp.augmentation_type, hp.resize),
         num_parts=parts[0],
         part_index=parts[1],
+        dtype="uint8",
+        decoders=cpu_count() if gpus else None,
     )
     # Never reset ImageRecordIter: right after it starts, or after a pass whose last batch
     # took records of the next, reset() skips what it has read ahead. Unreset, passes follow
     # each other whole.
     return mx.io.ResizeIter(inner, batches, reset_internal=False)
+
+
+def decode_once_shape(
+    data: ChannelData, hp: Hyperparameters, parts: tuple[int, int]
+) -> tuple[int, int, int] | None:
+    """The records' common stored shape when the channel is decoded once into memory: no
+    resize, crop or no augmentation, one size for every record, and this part's decoded
+    pixels within data/in_memory.py's memory bound; else None."""
+    if hp.resize or hp.augmentation_type not in IN_MEMORY_AUGMENTATIONS:
+        return None
+    shape = stored_shape(data.stats, hp.image_shape[0])
+    count = part_count(data.count, *parts)
+    return shape if shape and fits_in_memory(count, shape, total_memory()) else None
 
 
 def validation_iter(

@@ -36,6 +36,8 @@ class RecordStats:
     class_counts: np.ndarray = field(default_factory=lambda: np.zeros(0))
     min_height: int = 0
     min_width: int = 0
+    max_height: int = 0
+    max_width: int = 0
     offsets: list[np.ndarray] = field(default_factory=list)
 
 
@@ -73,6 +75,8 @@ def scan_records(
         stats.offsets.append(np.asarray(offsets, dtype=np.int64))
     stats.min_height = min(heights, default=0)
     stats.min_width = min(widths, default=0)
+    stats.max_height = max(heights, default=0)
+    stats.max_width = max(widths, default=0)
     logger.info(
         "Checked %d records in %d file(s) in %.2f s",
         stats.count,
@@ -165,13 +169,17 @@ def record_iter(
     num_parts: int = 1,
     part_index: int = 0,
     seed: int = 0,
+    dtype: str = "float32",
+    decoders: int | None = None,
 ) -> mx.io.DataIter:
     """MXNet's ImageRecordIter (decode and augmentation on C++ threads) over `files`, with
     `index` listing their records: `shuffle` draws a new permutation of them every pass, and
     `num_parts` splits them by record (part i: records [i*s, (i+1)*s), s = ceil(count/parts)).
 
-    Pixels stay raw 0-255 RGB (or grey): normalisation lives in the network.
+    Pixels stay raw 0-255 RGB (or grey), as `dtype`: normalisation lives in the network.
+    `decoders` sets preprocess_threads (MXNet caps it at max(1, cores/2 - 1)).
     """
+    threads = {"preprocess_threads": decoders} if decoders else {}
     return mx.io.ImageRecordIter(
         path_imgrec=";".join(str(f) for f in files),
         path_imgidx=str(index),
@@ -183,6 +191,8 @@ def record_iter(
         num_parts=num_parts,
         part_index=part_index,
         seed=seed,
+        dtype=dtype,
+        **threads,
         **augment,
     )
 

@@ -9,7 +9,7 @@ server's own function, and logs `Epoch[N] Validation-endpoint_accuracy=...`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,9 +17,11 @@ import mxnet as mx
 import numpy as np
 
 from imgcls.config.hyperparameters import Hyperparameters
+from imgcls.data.in_memory import fits_in_memory, total_memory
 from imgcls.data.labels import label_row
 from imgcls.data.loaders import ChannelData
 from imgcls.data.preprocess import crop_shorter_side, image_size, prepare
+from imgcls.data.recordio import part_count
 from imgcls.log import logger
 from imgcls.training.loop import Learner
 from imgcls.training.metrics import MultiLabelAccuracy
@@ -60,6 +62,8 @@ class EndpointCheck:
     num_parts: int = 1
     part_index: int = 0
     warned: bool = False
+    keep_inputs: bool = False
+    kept: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     def metric(self) -> mx.metric.EvalMetric:
         kind = MultiLabelAccuracy if self.multi_label else mx.metric.Accuracy
@@ -80,10 +84,18 @@ class EndpointCheck:
         if pixels:
             yield np.stack(pixels), np.stack(labels)
 
+    def _inputs(self) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+        """The served inputs, decoded once and kept when `keep_inputs`, else each time."""
+        if not self.keep_inputs:
+            return self._batches()
+        if self.kept is None:
+            self.kept = list(self._batches())
+        return self.kept
+
     def evaluate(self, learner: Learner, metric: mx.metric.EvalMetric) -> None:
         """Update `metric` with the network's predictions on the served inputs."""
         metric.reset()
-        for pixels, labels in self._batches():
+        for pixels, labels in self._inputs():
             count = len(pixels)
             padded = np.zeros((self.batch_size, *self.image_shape), dtype=np.float32)
             padded[:count] = pixels  # the cached graph keeps one batch shape
@@ -157,7 +169,8 @@ def endpoint_check(
 ) -> EndpointCheck | None:
     """The check when validation's images differ from what the endpoint feeds the network:
     any resize, or any image not already image_shape. Pipe mode streams the validation images
-    once per pass, so there are no records to read again: skipped, as the log says."""
+    once per pass, so there are no records to read again: skipped, as the log says. The served
+    inputs are decoded once and kept when they fit data/in_memory.py's memory bound."""
     if validation is None:
         return None
     if validation.is_pipe:
@@ -165,6 +178,7 @@ def endpoint_check(
         return None
     if hp.resize is None and all_of_shape(validation.files, hp.height, hp.width):
         return None
+    float32_bytes = 4 * part_count(validation.count, *parts)
     return EndpointCheck(
         validation.files,
         hp.image_shape,
@@ -173,4 +187,5 @@ def endpoint_check(
         hp.mini_batch_size,
         shorter_side,
         *parts,
+        keep_inputs=fits_in_memory(float32_bytes, hp.image_shape, total_memory()),
     )

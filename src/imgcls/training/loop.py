@@ -50,7 +50,9 @@ class Learner:
         return gluon.utils.split_and_load(array, self.contexts, even_split=False)
 
     def forward(self, data: mx.nd.NDArray) -> list[mx.nd.NDArray]:
-        """Float32 outputs per device slice (no copy when the dtype is already right)."""
+        """Float32 outputs per device slice; the input (uint8 from the training iterators) is
+        cast to the network's dtype after the split, on each device (no copy when it already
+        has that dtype)."""
         return [
             self.net(x.astype(self.dtype, copy=False)).astype("float32", copy=False)
             for x in self.split(data)
@@ -81,7 +83,9 @@ def train_step(
     stay the hard ones. Returns (labels, outputs, losses), one of each per device.
     """
     labels = learner.split(label)
-    inputs, targets = learner.targets(data, label) if learner.targets else (data, label)
+    inputs, targets = data, label
+    if learner.targets:  # mixing needs float pixels
+        inputs, targets = learner.targets(data.astype("float32", copy=False), label)
     with autograd.record():
         outputs = learner.forward(inputs)
         parts = zip(outputs, learner.split(targets), strict=True)

@@ -219,7 +219,7 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
     try:
         fit(
             learner,
-            train_batches(data["train"], hp, worker),
+            train_batches(data["train"], hp, worker, gpus=mx.context.num_gpus()),
             lambda: classification_metrics(hp.top_k, hp.multi_label, hp.num_classes),
             hooks,
             range(first_epoch, hp.epochs),
@@ -246,7 +246,7 @@ def _part(data: ChannelData, worker: WorkerContext | None) -> tuple[int, int]:
 
 
 def train_batches(
-    data: ChannelData, hp: Hyperparameters, worker: WorkerContext | None
+    data: ChannelData, hp: Hyperparameters, worker: WorkerContext | None, gpus: int = 0
 ) -> mx.io.DataIter:
     """This host's training batches; on several hosts, as many per epoch as the host with the
     most batches per pass runs (the others read part of their records twice)."""
@@ -255,7 +255,7 @@ def train_batches(
     if worker is not None and not data.is_pipe:
         local = local_batches(data, hp.mini_batch_size, parts)
         batches = agree_on_batches(local, worker.collective)
-    return train_iter(data, hp, hp.mini_batch_size, parts, batches)
+    return train_iter(data, hp, hp.mini_batch_size, parts, batches, gpus)
 
 
 def restore(
