@@ -56,6 +56,11 @@ def default_workers(gpus: int, cores: int) -> int:
     return gpus or cores
 
 
+def threads_per_worker(cores: int, workers: int) -> int:
+    """OpenMP threads per worker when OMP_NUM_THREADS is unset: an equal share of the cores."""
+    return max(1, cores // workers)
+
+
 def serving_settings_from_env(
     environ: Mapping[str, str] = os.environ, gpus: int | None = None
 ) -> ServingSettings:
