@@ -53,15 +53,15 @@ def stalled_upload(server: Server) -> socket.socket:
     return client
 
 
-def answer_of(client: socket.socket) -> tuple[int, str, dict]:
-    """Status, Content-Type and JSON body of the whole answer on `client`, read until closed."""
+def answer_of(client: socket.socket) -> tuple[int, str, bytes]:
+    """Status, Content-Type and body of the whole answer on `client`, read until closed."""
     reply = b""
     while chunk := client.recv(65536):
         reply += chunk
     head, _, body = reply.partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), headers["Content-Type"], json.loads(body)
+    return int(lines[0].split()[1]), headers["Content-Type"], body
 
 
 def outcome(server: Server, data: bytes) -> tuple[str, object]:
@@ -100,7 +100,7 @@ def test_slow_and_killed_workers_are_replaced_and_sigterm_drains_requests_in_fli
     for client in stalled:  # each gets a JSON 408 (gunicorn alone would send an HTML 500)
         status, content_type, body = answer_of(client)
         assert (status, content_type) == (408, "application/json"), body
-        assert f"SAGEMAKER_MODEL_SERVER_TIMEOUT ({TIMEOUT} s)" in body["error"]
+        assert f"SAGEMAKER_MODEL_SERVER_TIMEOUT ({TIMEOUT} s)" in json.loads(body)["error"]
         client.close()
     assert server.log.count("POST /invocations 408") == 2, server.log
     for data, probabilities in zip(IMAGES, expected, strict=True):
