@@ -46,9 +46,11 @@ PAYLOAD_MB = 1
 
 
 class Server:
-    """`scripts/serve` under SAGEMAKER_BASE_DIR=base on a free loopback port; log in a file."""
+    """`scripts/serve` under SAGEMAKER_BASE_DIR=base on a free loopback port; log in a file.
 
-    def __init__(self, base: Path, **env: str):
+    OMP_NUM_THREADS is 1 unless `env` says otherwise; a variable given as None is unset."""
+
+    def __init__(self, base: Path, **env: str | None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = base / "serve.log"
@@ -59,6 +61,7 @@ class Server:
             "OMP_NUM_THREADS": "1",
             **env,
         }
+        environ = {name: value for name, value in environ.items() if value is not None}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, str(SERVE), "--host", "127.0.0.1"],

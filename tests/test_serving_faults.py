@@ -1,10 +1,12 @@
 """Faults against a real `scripts/serve` (gunicorn, real processes): requests slower than the
-timeout, a worker killed, then the whole server stopped with requests in flight."""
+timeout, a worker killed, then the whole server stopped with requests in flight; and, in-process,
+the answer of a request whose work outlives the timeout."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
-import re
 import signal
 import socket
 import time
@@ -16,6 +18,10 @@ import pytest
 import requests
 from serving_support import Direct, assert_same, encode_jpeg, export_tiny_model, random_image
 from test_serving import Server
+
+from imgcls.config.serving import ServingSettings
+from imgcls.serving.app import ServingApp
+from imgcls.serving.server import abort_request
 
 IMAGES = [encode_jpeg(random_image(seed, 20, 24)) for seed in range(4)]
 TIMEOUT = 4  # SAGEMAKER_MODEL_SERVER_TIMEOUT: short, yet longer than a worker takes to load
@@ -45,6 +51,17 @@ def stalled_upload(server: Server) -> socket.socket:
     head = "POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
     client.sendall(f"{head}Content-Length: 1000\r\n\r\n".encode() + IMAGES[0][:10])
     return client
+
+
+def answer_of(client: socket.socket) -> tuple[int, str, bytes]:
+    """Status, Content-Type and body of the whole answer on `client`, read until closed."""
+    reply = b""
+    while chunk := client.recv(65536):
+        reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    return int(lines[0].split()[1]), headers["Content-Type"], body
 
 
 def outcome(server: Server, data: bytes) -> tuple[str, object]:
@@ -80,10 +97,12 @@ def test_slow_and_killed_workers_are_replaced_and_sigterm_drains_requests_in_fli
     stalled = [stalled_upload(server) for _ in first]  # both workers held past the timeout
     wait_for_new_workers(server, first)
     assert server.log.count("WORKER TIMEOUT") == 2, server.log
-    for client in stalled:  # each slow request ends: a 5xx status or the connection closed
-        reply = client.recv(1000)
-        assert reply == b"" or re.match(rb"HTTP/1\.1 5\d\d ", reply), reply
+    for client in stalled:  # each gets a JSON 408 (gunicorn alone would send an HTML 500)
+        status, content_type, body = answer_of(client)
+        assert (status, content_type) == (408, "application/json"), body
+        assert f"SAGEMAKER_MODEL_SERVER_TIMEOUT ({TIMEOUT} s)" in json.loads(body)["error"]
         client.close()
+    assert server.log.count("POST /invocations 408") == 2, server.log
     for data, probabilities in zip(IMAGES, expected, strict=True):
         assert_same(server.post(data, "image/jpeg").json(), probabilities)
 
@@ -116,3 +135,28 @@ def test_slow_and_killed_workers_are_replaced_and_sigterm_drains_requests_in_fli
             assert result in ("ConnectionError",), result
     assert answered >= 1
     assert not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_work_that_outlives_the_timeout_gets_a_json_504(tmp_path: Path) -> None:
+    """gunicorn's abort (SIGABRT at the timeout) runs the worker_abort hook in the request's
+    frame; here the hook runs where a real abort would land: inside the forward pass."""
+    export_tiny_model(tmp_path / "model", seed=4)
+    app = ServingApp(tmp_path / "model", ServingSettings(timeout=7))
+    app.load_model()
+
+    def slow_predict(batch):  # the forward pass outlives the timeout and the master aborts
+        abort_request(app)
+
+    app.predictor.predict_batch = slow_predict
+    environ = {
+        "PATH_INFO": "/invocations",
+        "REQUEST_METHOD": "POST",
+        "CONTENT_TYPE": "image/jpeg",
+        "wsgi.input": io.BytesIO(IMAGES[0]),
+    }
+    started: list[str] = []
+    body = b"".join(app(environ, lambda status, headers: started.append(status)))
+    assert started == ["504 Gateway Timeout"]
+    assert "SAGEMAKER_MODEL_SERVER_TIMEOUT (7 s)" in json.loads(body)["error"]
+    assert app.phase == ""
+    abort_request(app)  # outside a request the hook does nothing: gunicorn's exit goes on

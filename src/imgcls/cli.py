@@ -46,7 +46,7 @@ def _train(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     """The model server; each of its workers gets an equal share of the cores."""
     from imgcls.config.environment import paths_from_env
-    from imgcls.config.serving import serving_settings_from_env
+    from imgcls.config.serving import serving_settings_from_env, threads_per_worker
     from imgcls.errors import ClientError
     from imgcls.failure import failure_text
     from imgcls.log import logger, setup_logging
@@ -57,8 +57,7 @@ def _serve(args: argparse.Namespace) -> int:
     except ClientError as exc:
         logger.error(failure_text(exc))
         return 1
-    cores = cpu_count()
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, cores // settings.workers)))
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads_per_worker(cpu_count(), settings.workers)))
     from imgcls.serving.server import run_server
 
     run_server(paths_from_env().model_dir, settings, args.host)

@@ -52,8 +52,16 @@ def _bool_setting(environ: Mapping[str, str], name: str) -> bool:
 
 
 def default_workers(gpus: int, cores: int) -> int:
-    """One worker per GPU when there are GPUs (each worker holds its own), else one per core."""
+    """One worker per GPU when there are GPUs (each worker holds its own), else one per core
+    with one OpenMP thread each: more requests/s than one worker with all the cores' threads
+    at 1 to 16 clients, except one client of a large model on an idle host (bench/serve_load.py;
+    README, Serving)."""
     return gpus or cores
+
+
+def threads_per_worker(cores: int, workers: int) -> int:
+    """OpenMP threads per worker when OMP_NUM_THREADS is unset: an equal share of the cores."""
+    return max(1, cores // workers)
 
 
 def serving_settings_from_env(

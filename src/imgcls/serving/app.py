@@ -37,6 +37,11 @@ class HttpError(Exception):
         self.status = status
 
 
+class WorkerTimeout(BaseException):
+    """The request outlived SAGEMAKER_MODEL_SERVER_TIMEOUT: raised in the request's frame by
+    gunicorn's worker_abort hook (server.abort_request), before the worker exits."""
+
+
 def error_response(status: int, message: str) -> Response:
     return Response(status, json.dumps({"error": message}).encode(), error=message)
 
@@ -82,6 +87,7 @@ class ServingApp:
         self.model_dir = Path(model_dir)
         self.settings = settings
         self.predictor: Predictor | None = None
+        self.phase = ""  # what the request in progress waits for: "body", "work" or "" (none)
         self._routes: dict[str, tuple[str, Callable[[dict], Response]]] = {
             "/ping": ("GET", self._ping),
             "/invocations": ("POST", self._invocations),
@@ -113,8 +119,11 @@ class ServingApp:
 
     def _respond(self, environ: dict) -> Response:
         """The response to any request; never raises, so a bad request cannot stop the worker."""
+        self.phase = "work"
         try:
             return self._route(environ)
+        except WorkerTimeout:
+            return self._timeout_response()
         except HttpError as exc:
             return error_response(exc.status, str(exc))
         except ClientError as exc:
@@ -122,6 +131,21 @@ class ServingApp:
         except Exception:
             logger.exception("Unexpected error while answering %s", environ.get("PATH_INFO"))
             return error_response(500, "internal error; the server log has the details")
+        finally:
+            self.phase = ""
+
+    def _timeout_response(self) -> Response:
+        """408 when the body was still arriving at the timeout, else 504; the worker then exits."""
+        limit = f"SAGEMAKER_MODEL_SERVER_TIMEOUT ({self.settings.timeout} s)"
+        if self.phase == "body":
+            return error_response(
+                408, f"the request body did not arrive within {limit}: send the whole image"
+            )
+        return error_response(
+            504,
+            f"answering took longer than {limit}; the worker is restarted: raise the "
+            "timeout or send a smaller image",
+        )
 
     def _route(self, environ: dict) -> Response:
         path = environ.get("PATH_INFO", "")
@@ -160,7 +184,9 @@ class ServingApp:
                 + ", ".join(IMAGE_CONTENT_TYPES),
             )
         answer_type = negotiate(environ.get("HTTP_ACCEPT", ""))
+        self.phase = "body"
         data = environ["wsgi.input"].read(self.settings.max_payload_bytes + 1)
+        self.phase = "work"
         self._check_length(str(len(data)))
         probabilities = predictor.predict(data, "the request body")
         return Response(200, encode(probabilities, answer_type), answer_type)

@@ -18,7 +18,7 @@ from imgcls.config.serving import ServingSettings
 from imgcls.errors import ImgclsError
 from imgcls.failure import failure_text
 from imgcls.log import DATE_FORMAT, LOG_FORMAT, logger
-from imgcls.serving.app import ServingApp
+from imgcls.serving.app import ServingApp, WorkerTimeout
 
 _STDOUT = {"class": "logging.StreamHandler", "formatter": "imgcls", "stream": "ext://sys.stdout"}
 # gunicorn's own lines in imgcls's format; its access log stays off (the app logs each request).
@@ -72,6 +72,14 @@ def load_in_worker(app: ServingApp, ctx: mx.Context) -> None:
     )
 
 
+def abort_request(app: ServingApp) -> None:
+    """gunicorn's worker_abort hook, run when the master aborts a worker whose request outlived
+    the timeout: a request in the app ends with a JSON 408/504 instead of gunicorn's HTML 500,
+    then the worker exits and is replaced as before (gunicorn has already marked it done)."""
+    if app.phase:
+        raise WorkerTimeout
+
+
 def gunicorn_options(app: ServingApp, settings: ServingSettings, host: str) -> dict[str, Any]:
     """gunicorn settings: sync workers, one request at a time each, as inference is CPU-bound;
     with GPUs, each worker on the GPU the master picks for it before the fork."""
@@ -82,6 +90,7 @@ def gunicorn_options(app: ServingApp, settings: ServingSettings, host: str) -> d
         "timeout": settings.timeout,
         "pre_fork": lambda server, worker: assign_device(server, worker, settings.gpus),
         "post_fork": lambda server, worker: load_in_worker(app, worker_device(worker)),
+        "worker_abort": lambda worker: abort_request(app),
         "logconfig_dict": LOGGING,
         "proc_name": "imgcls-serve",
         "control_socket_disable": True,
