@@ -82,3 +82,31 @@ def test_a_sigkilled_worker_of_a_multi_host_job_fails_its_host_and_the_leader(tm
     leader_failure = jobs[0].failure
     assert "host #1 failed: The training worker on algo-2 was killed by SIGKILL" in leader_failure
     assert not job_processes(jobs)
+
+
+def test_ctrl_c_stops_training_without_a_failure(make_job) -> None:
+    """Ctrl-C (SIGINT to the terminal's process group) is the user's stop, not a crash: exit
+    130 as a shell reports it, no output/failure, no memory advice, no process left."""
+    job = make_job()
+    job.hyperparameters({**TINY_HYPERPARAMETERS, "epochs": "100"})
+    job.rec_channel("train", balanced_labels(64, 4))
+    process = subprocess.Popen(
+        [sys.executable, str(SCRIPTS / "train")],
+        env={**os.environ, "SAGEMAKER_BASE_DIR": str(job.base)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        seen = read_until(process, "Epoch[0] Train-accuracy")
+        os.killpg(process.pid, signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 128 + signal.SIGINT, seen + rest
+    assert "stopped on Ctrl-C (SIGINT)" in rest, rest
+    assert "memory" not in rest
+    assert not (job.base / "output" / "failure").exists()
+    assert not job_processes([job])

@@ -43,10 +43,16 @@ class SigtermForwarder:
 
 def signal_death(code: int, stopping: bool, process: str) -> ImgclsError | None:
     """The failure to report when return code `code` says a signal ended `process`; None
-    when it exited, or when SIGTERM ended it during a stop that was asked for."""
-    if code >= 0 or (stopping and code == -signal.SIGTERM):
+    when it exited, when Ctrl-C (SIGINT) ended it, or when SIGTERM ended it during a stop
+    that was asked for."""
+    if code >= 0 or code == -signal.SIGINT or (stopping and code == -signal.SIGTERM):
         return None
     return killed_by_signal(process, -code)
+
+
+def stop_name(signum: int) -> str:
+    """How the log names the stop that `signum` asked for."""
+    return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else "SIGTERM"
 
 
 def exit_status(code: int) -> int:
@@ -77,5 +83,5 @@ def supervise(argv: Sequence[str], failure_file: Path) -> int:
     if death is not None:
         return report_failure(death, failure_file)
     if code < 0:
-        logger.info("The training process stopped on SIGTERM.")
+        logger.info("The training process stopped on %s.", stop_name(-code))
     return exit_status(code)
