@@ -31,9 +31,8 @@ def largest(processes: list[psutil.Process]) -> psutil.Process:
     return max(processes, key=lambda p: p.memory_info().rss)
 
 
-def test_a_sigkilled_training_process_leaves_a_failure_saying_why_and_how_to_fix(
-    make_job,
-) -> None:
+def start_long_job(make_job) -> tuple:
+    """A 100-epoch job on 64 records, `scripts/train` started in its own process group."""
     job = make_job()
     job.hyperparameters({**TINY_HYPERPARAMETERS, "epochs": "100"})
     job.rec_channel("train", balanced_labels(64, 4))
@@ -45,6 +44,13 @@ def test_a_sigkilled_training_process_leaves_a_failure_saying_why_and_how_to_fix
         text=True,
         start_new_session=True,
     )
+    return job, process
+
+
+def test_a_sigkilled_training_process_leaves_a_failure_saying_why_and_how_to_fix(
+    make_job,
+) -> None:
+    job, process = start_long_job(make_job)
     try:
         seen = read_until(process, "Epoch[0] Train-accuracy")
         top = psutil.Process(process.pid)
@@ -87,17 +93,7 @@ def test_a_sigkilled_worker_of_a_multi_host_job_fails_its_host_and_the_leader(tm
 def test_ctrl_c_stops_training_without_a_failure(make_job) -> None:
     """Ctrl-C (SIGINT to the terminal's process group) is the user's stop, not a crash: exit
     130 as a shell reports it, no output/failure, no memory advice, no process left."""
-    job = make_job()
-    job.hyperparameters({**TINY_HYPERPARAMETERS, "epochs": "100"})
-    job.rec_channel("train", balanced_labels(64, 4))
-    process = subprocess.Popen(
-        [sys.executable, str(SCRIPTS / "train")],
-        env={**os.environ, "SAGEMAKER_BASE_DIR": str(job.base)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    job, process = start_long_job(make_job)
     try:
         seen = read_until(process, "Epoch[0] Train-accuracy")
         os.killpg(process.pid, signal.SIGINT)
