@@ -19,6 +19,7 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 
+from imgcls.data.ndarrays import engine_free
 from imgcls.data.recordio import RecordStats
 from imgcls.log import logger
 
@@ -118,8 +119,8 @@ class InMemoryBatches(mx.io.DataIter):
             raise StopIteration
         self.served += 1
         chosen = self._next_records()
-        data = mx.nd.array(self._windows(chosen), dtype=np.uint8)
-        label = mx.nd.array(self.labels[chosen])
+        data = engine_free(self._windows(chosen), np.uint8)
+        label = engine_free(self.labels[chosen], np.float32)
         return mx.io.DataBatch([data], [label], pad=0)
 
     def _next_records(self) -> np.ndarray:
