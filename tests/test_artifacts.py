@@ -1,6 +1,7 @@
 import io
 import json
 import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -424,3 +425,20 @@ def test_architecture_is_recognised_from_parameter_shapes(num_layers):
     args = dict(zip(sym.list_arguments(), arg_shapes, strict=True))
     shapes = [shape for name, shape in args.items() if name != "data"] + aux_shapes
     assert artifact._architecture(shapes, Path("x")) == (num_layers, 7)
+
+
+def test_the_archive_is_a_gzip_tar_that_gnu_tar_and_gzip_read(tmp_path, net):
+    """Read by the system's own tools, not imgcls: `gzip -t` checks the stream and its CRC,
+    GNU tar extracts every file byte for byte."""
+    model_dir = tmp_path / "model"
+    _export(net, model_dir, 3)
+    archive = tmp_path / "model.tar.gz"
+    pack_model(model_dir, archive)
+    subprocess.run(["gzip", "-t", str(archive)], check=True)
+    (tmp_path / "by-tar").mkdir()
+    subprocess.run(["tar", "-xzf", str(archive), "-C", str(tmp_path / "by-tar")], check=True)
+    for path in model_dir.iterdir():
+        assert (tmp_path / "by-tar" / path.name).read_bytes() == path.read_bytes()
+    assert sorted(p.name for p in (tmp_path / "by-tar").iterdir()) == sorted(
+        p.name for p in model_dir.iterdir()
+    )

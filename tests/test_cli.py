@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import pytest
 from conftest import TINY_HYPERPARAMETERS, balanced_labels
 
 from imgcls.cli import main
+from imgcls.system import child_env
+from imgcls.training.distributed.launch import WORKER_ENV
+from imgcls.training.supervisor import SUPERVISED_ENV
 
 
 def test_dry_run_accepts_a_valid_job_and_summarises_it(make_job) -> None:
@@ -71,3 +77,31 @@ def test_hyperparameters_command_prints_the_table_and_the_schema(capsys) -> None
     assert main(["hyperparameters", "--json-schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert set(schema["required"]) == {"num_classes", "num_training_samples"}
+
+
+TEARDOWN_PROBE = (
+    "import atexit, runpy, sys; atexit.register(lambda: sys.stderr.write('TEARDOWN')); "
+    "runpy.run_module('imgcls.cli', run_name='__main__')"
+)
+
+
+@pytest.mark.parametrize(
+    ("extra", "torn_down"),
+    [({}, True), ({SUPERVISED_ENV: "1"}, False), ({SUPERVISED_ENV: "1", WORKER_ENV: "h"}, True)],
+    ids=["own process", "single-host job's child", "multi-host worker"],
+)
+def test_only_the_single_host_child_skips_the_teardown_with_its_output_whole(
+    extra: dict[str, str], torn_down: bool
+) -> None:
+    """The child ends at once (atexit handlers do not run) but loses nothing it printed, even
+    through a pipe; a worker must close its kvstore link, so it tears down as usual."""
+    env = {k: v for k, v in child_env({}).items() if k not in (SUPERVISED_ENV, WORKER_ENV)}
+    done = subprocess.run(
+        [sys.executable, "-c", TEARDOWN_PROBE, "hyperparameters", "--json-schema"],
+        env={**env, **extra},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["properties"]["num_classes"]
+    assert ("TEARDOWN" in done.stderr) == torn_down

@@ -4,11 +4,14 @@ child processes that run this same code and die with their parent."""
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import NoReturn
 
 PR_SET_PDEATHSIG = 1
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +57,15 @@ def child_env(extra: Mapping[str, str]) -> dict[str, str]:
     PYTHONPATH, so that a child's `python -m imgcls.cli` runs this same code."""
     path = os.pathsep.join(filter(None, [str(SOURCE_ROOT), os.environ.get("PYTHONPATH")]))
     return {**os.environ, **extra, "PYTHONPATH": path}
+
+
+def exit_now(code: int) -> NoReturn:
+    """End this process with `code` once its log and standard streams are flushed, without
+    the interpreter's teardown (atexit handlers, module cleanup)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def signal_name(signum: int) -> str:
