@@ -79,10 +79,15 @@ def test_hyperparameters_command_prints_the_table_and_the_schema(capsys) -> None
     assert set(schema["required"]) == {"num_classes", "num_training_samples"}
 
 
-TEARDOWN_PROBE = (
-    "import atexit, runpy, sys; atexit.register(lambda: sys.stderr.write('TEARDOWN')); "
-    "runpy.run_module('imgcls.cli', run_name='__main__')"
-)
+TEARDOWN_PROBE = """
+import atexit, runpy, sys
+class Probe:
+    def __del__(self):
+        sys.stderr.write("TEARDOWN")
+probe = Probe()
+atexit.register(lambda: sys.stderr.write("ATEXIT"))
+runpy.run_module("imgcls.cli", run_name="__main__")
+"""
 
 
 @pytest.mark.parametrize(
@@ -93,8 +98,9 @@ TEARDOWN_PROBE = (
 def test_only_the_single_host_child_skips_the_teardown_with_its_output_whole(
     extra: dict[str, str], torn_down: bool
 ) -> None:
-    """The child ends at once (atexit handlers do not run) but loses nothing it printed, even
-    through a pipe; a worker must close its kvstore link, so it tears down as usual."""
+    """The child ends without tearing its objects down, yet runs its atexit handlers and loses
+    nothing it printed, even through a pipe; a worker must close its kvstore link, so it
+    tears down as usual."""
     env = {k: v for k, v in child_env({}).items() if k not in (SUPERVISED_ENV, WORKER_ENV)}
     done = subprocess.run(
         [sys.executable, "-c", TEARDOWN_PROBE, "hyperparameters", "--json-schema"],
@@ -105,3 +111,4 @@ def test_only_the_single_host_child_skips_the_teardown_with_its_output_whole(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["properties"]["num_classes"]
     assert ("TEARDOWN" in done.stderr) == torn_down
+    assert "ATEXIT" in done.stderr

@@ -9,7 +9,13 @@ import pytest
 from PIL import Image
 from serving_support import encode_jpeg, flat_png, forbid_decoding, random_image
 
-from imgcls.data.preprocess import MAX_PIXELS, ImageTooLarge, decode_image
+from imgcls.data.preprocess import (
+    MAX_PIXELS,
+    ImageTooLarge,
+    decode_image,
+    image_size,
+    jpeg_size,
+)
 from imgcls.errors import ClientError
 
 BOMB_SIDES = [(20000, 20000), (10000, 10000), (8001, 8000)]
@@ -121,3 +127,68 @@ def test_a_recordio_channel_refuses_a_bomb_from_its_header_naming_the_record(tmp
         ClientError, match=r"record 0 \(id 7\) is over [0-9,]+ pixels, more than the 64,000,000"
     ):
         scan_records([path], num_classes=2, min_size=(8, 8))
+
+
+def jpeg_variants() -> dict[str, bytes]:
+    """JPEGs as encoders write them: OpenCV (with restart markers too) and Pillow (progressive,
+    optimised, grey, CMYK, with EXIF and an ICC profile), at odd sizes."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    photo = Image.fromarray(pixels)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the frame header's size is still the stored one
+    pillow = {
+        "pillow baseline": {},
+        "pillow progressive": {"progressive": True},
+        "pillow optimised": {"optimize": True},
+        "pillow exif and icc": {"exif": exif, "icc_profile": b"\0" * 2000},
+    }
+    variants = {}
+    for name, options in pillow.items():
+        out = io.BytesIO()
+        photo.save(out, "JPEG", **options)
+        variants[name] = out.getvalue()
+    for name, mode in (("pillow grey", "L"), ("pillow cmyk", "CMYK")):
+        out = io.BytesIO()
+        photo.convert(mode).save(out, "JPEG")
+        variants[name] = out.getvalue()
+    variants["opencv"] = cv2.imencode(".jpg", pixels)[1].tobytes()
+    restarts = [cv2.IMWRITE_JPEG_RST_INTERVAL, 2]
+    variants["opencv restarts"] = cv2.imencode(".jpg", pixels, restarts)[1].tobytes()
+    variants["one pixel"] = cv2.imencode(".jpg", pixels[:1, :1])[1].tobytes()
+    return variants
+
+
+def pillow_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
+            return image.size[1], image.size[0]
+    except (OSError, ValueError, EOFError, SyntaxError):
+        return None
+
+
+def test_the_jpeg_header_reader_gives_pillows_size_for_every_encoder() -> None:
+    for name, data in jpeg_variants().items():
+        assert jpeg_size(data) is not None, name
+        assert jpeg_size(data) == pillow_size(data), name
+        assert image_size(data, name) == pillow_size(data), name
+
+
+def test_the_jpeg_header_reader_accepts_no_damaged_header_that_pillow_refuses() -> None:
+    """Cut or changed anywhere in the header (up to the first scan), a JPEG that Pillow
+    refuses makes the reader hand over to Pillow (None); whatever it reads is Pillow's size."""
+    rng = np.random.default_rng(1)
+    read = 0
+    for name, data in jpeg_variants().items():
+        header_end = data.index(b"\xff\xda") + 2
+        damaged = [data[:cut] for cut in range(header_end)]
+        for _ in range(150):
+            changed = bytearray(data)
+            changed[int(rng.integers(2, header_end))] = int(rng.integers(256))
+            damaged.append(bytes(changed))
+        for sample in damaged:
+            size = jpeg_size(sample)
+            if size is not None:
+                read += 1
+                assert size == pillow_size(sample), name
+    assert read > 100  # the changes that keep the framing valid were read, not all handed over
