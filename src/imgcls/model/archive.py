@@ -14,6 +14,7 @@ from imgcls.system import atomic_write
 
 TARBALL = "model.tar.gz"
 GZIP_WBITS = 31  # zlib's deflate inside a gzip header and trailer
+DEFLATE_CHUNK = 1 << 20  # bytes deflated per call, with the GIL released
 REBUILD_HINT = "put the model folder's files at the archive root: tar -czf model.tar.gz -C model ."
 
 
@@ -30,7 +31,8 @@ def pack_model(model_dir: Path, tar_path: Path) -> None:
     def write(tmp: Path) -> None:
         with tmp.open("wb") as raw:
             stream = RunLengthGzip(raw)
-            with tarfile.open(fileobj=stream, mode="w|", dereference=True) as tar:
+            tar = tarfile.open(fileobj=stream, mode="w|", bufsize=DEFLATE_CHUNK, dereference=True)
+            with tar:
                 for path in files:
                     tar.add(path, arcname=path.name, recursive=False)
             stream.finish()

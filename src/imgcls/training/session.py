@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import mxnet as mx
@@ -235,10 +236,13 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
         raise
     if worker is not None:
         logger.info("Final trainable parameters digest: %s", parameters_digest(learner.net))
-    if writes_model:
-        inputs = ReportInputs(settings, classes, hp.num_classes, worker.num_hosts if worker else 1)
-        write_report_safely(paths.output_data_dir, history, paths.model_dir, inputs)
-    _finish(paths, resume, writes_model)
+    inputs = ReportInputs(settings, classes, hp.num_classes, worker.num_hosts if worker else 1)
+    _finish(
+        paths,
+        resume,
+        writes_model,
+        lambda: write_report_safely(paths.output_data_dir, history, paths.model_dir, inputs),
+    )
 
 
 def _part(data: ChannelData, worker: WorkerContext | None) -> tuple[int, int]:
@@ -284,8 +288,18 @@ def restore(
     return progress["next_epoch"]
 
 
-def _finish(paths: Paths, resume: ResumeState, writes_model: bool) -> None:
+def _finish(
+    paths: Paths, resume: ResumeState, writes_model: bool, write_report: Callable[[], None]
+) -> None:
+    """The model's host writes the report while model.tar.gz (outside SageMaker) is packed on
+    a second thread, whose deflate runs without the GIL; then the resumable state goes."""
+    if writes_model:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            packing = None
+            if not runs_on_managed_platform():
+                packing = pool.submit(archive.pack_model, paths.model_dir, paths.local_model_tar)
+            write_report()
+            if packing is not None:
+                packing.result()
+                logger.info("Model archive for local use: %s", paths.local_model_tar)
     resume.clear()
-    if writes_model and not runs_on_managed_platform():
-        archive.pack_model(paths.model_dir, paths.local_model_tar)
-        logger.info("Model archive for local use: %s", paths.local_model_tar)
