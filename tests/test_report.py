@@ -8,6 +8,8 @@ import base64
 import json
 import os
 import re
+import tarfile
+import time
 from pathlib import Path
 
 import mxnet as mx
@@ -16,6 +18,9 @@ import pytest
 from conftest import TINY_HYPERPARAMETERS, Job, balanced_labels
 from data_support import multi_pattern_image
 from PIL import Image
+
+from imgcls.config.environment import Paths
+from imgcls.training import session
 
 REPORT_PNGS = ("curves.png", "confusion_matrix.png", "per_class.png")
 VALIDATION = re.compile(r"Epoch\[(\d+)\] Validation-accuracy=([0-9.]+)")
@@ -247,3 +252,53 @@ def test_a_plotting_failure_is_a_warning_and_the_job_still_succeeds(tmp_path, mo
     assert list(job.model_dir.glob("*.params"))
     assert report_of(job)["epochs"][0]["epoch"] == 0  # report.json comes before the PNGs
     assert not (job.base / "output" / "data" / "report.html").exists()
+
+
+class ClearRecorder:
+    """A stand-in for the resumable state: records when the job clears it."""
+
+    def __init__(self, events: list[str]) -> None:
+        self.events = events
+
+    def clear(self) -> None:
+        self.events.append("cleared")
+
+
+def finished_model(tmp_path: Path) -> Paths:
+    paths = Paths(tmp_path)
+    paths.model_dir.mkdir(parents=True)
+    (paths.model_dir / "image-classification-0001.params").write_bytes(os.urandom(1 << 22))
+    return paths
+
+
+def test_the_report_is_written_while_the_archive_is_packed(tmp_path, monkeypatch) -> None:
+    """The report waits (up to 30 s) for the archive to be whole: done one after the other,
+    the archive would not exist yet. The resumable state goes last."""
+    monkeypatch.delenv("TRAINING_JOB_ARN", raising=False)
+    paths, events = finished_model(tmp_path), []
+
+    def report() -> None:
+        deadline = time.monotonic() + 30
+        while not paths.local_model_tar.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        events.append("report saw the archive" if paths.local_model_tar.exists() else "alone")
+
+    session._finish(paths, ClearRecorder(events), True, report)
+    assert events == ["report saw the archive", "cleared"]
+    with tarfile.open(paths.local_model_tar, "r:gz") as tar:
+        assert tar.getnames() == ["image-classification-0001.params"]
+
+
+def test_a_failed_archive_fails_the_job_and_keeps_the_resumable_state(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.delenv("TRAINING_JOB_ARN", raising=False)
+    paths, events = finished_model(tmp_path), []
+
+    def no_space(model_dir: Path, tar_path: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(session.archive, "pack_model", no_space)
+    with pytest.raises(OSError, match="No space"):
+        session._finish(paths, ClearRecorder(events), True, lambda: events.append("report"))
+    assert events == ["report"]
