@@ -3,7 +3,6 @@ records, and uint8 batches cast after the split to each device."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import cv2
@@ -166,31 +165,3 @@ def test_uint8_batches_are_cast_on_each_device_and_train_as_float32_does() -> No
             np.testing.assert_array_equal(
                 param.data(context).asnumpy(), expected.data(context).asnumpy()
             )
-
-
-def queued_work() -> list[mx.nd.NDArray]:
-    """Independent matrix products queued on MXNet's engine, as a training step's operations
-    are: ready to run, and taking it a while."""
-    x = mx.nd.random.uniform(shape=(1500, 1500))
-    x.wait_to_read()
-    return [mx.nd.dot(x, x) for _ in range(16)]
-
-
-def test_a_batch_is_made_without_waiting_for_the_queued_training_step(tmp_path) -> None:
-    """mx.nd.array would wait for every queued operation before copying the batch: the engine
-    then idles while Python builds the next one. The batch must come back long before the
-    queued work is done, and hold exactly the window it was cut from."""
-    batches = channel_batches(tmp_path, None)
-    batches.reset()
-    mx.nd.waitall()
-    started = time.perf_counter()
-    products = queued_work()
-    batch = batches.next()
-    made = time.perf_counter() - started
-    for product in products:
-        product.wait_to_read()
-    finished = time.perf_counter() - started
-    assert made < finished / 5, (made, finished)
-    assert batch.data[0].dtype == np.uint8 and batch.label[0].dtype == np.float32
-    assert batch.data[0].context == mx.cpu()
-    assert batch.data[0].asnumpy().flags.c_contiguous

@@ -19,7 +19,6 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 
-from imgcls.data.ndarrays import engine_free
 from imgcls.data.recordio import RecordStats
 from imgcls.log import logger
 
@@ -119,8 +118,8 @@ class InMemoryBatches(mx.io.DataIter):
             raise StopIteration
         self.served += 1
         chosen = self._next_records()
-        data = engine_free(self._windows(chosen), np.uint8)
-        label = engine_free(self.labels[chosen], np.float32)
+        data = mx.nd.array(self._windows(chosen), dtype=np.uint8)
+        label = mx.nd.array(self.labels[chosen])
         return mx.io.DataBatch([data], [label], pad=0)
 
     def _next_records(self) -> np.ndarray:

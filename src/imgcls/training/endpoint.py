@@ -20,7 +20,6 @@ from imgcls.config.hyperparameters import Hyperparameters
 from imgcls.data.in_memory import fits_in_memory, total_memory
 from imgcls.data.labels import label_row
 from imgcls.data.loaders import ChannelData
-from imgcls.data.ndarrays import engine_free
 from imgcls.data.preprocess import crop_shorter_side, image_size, prepare
 from imgcls.data.recordio import part_count
 from imgcls.log import logger
@@ -100,10 +99,10 @@ class EndpointCheck:
             count = len(pixels)
             padded = np.zeros((self.batch_size, *self.image_shape), dtype=np.float32)
             padded[:count] = pixels  # the cached graph keeps one batch shape
-            outputs = learner.forward(engine_free(padded))
+            outputs = learner.forward(mx.nd.array(padded))
             prediction = mx.nd.concat(*[o.as_in_context(mx.cpu()) for o in outputs], dim=0)
             label = labels if self.multi_label else labels[:, 0]
-            metric.update([engine_free(label, np.float32)], [prediction[:count]])
+            metric.update([mx.nd.array(label)], [prediction[:count]])
 
     def report(self, epoch: int, endpoint: float, validation: float) -> None:
         """The figure's own line, and once a warning when it trails validation by > 2 points."""

@@ -14,7 +14,6 @@ import mxnet as mx
 import numpy as np
 
 from imgcls.config.hyperparameters import Hyperparameters
-from imgcls.data.ndarrays import engine_free
 
 
 @dataclass
@@ -56,7 +55,7 @@ def mix(
     data: mx.nd.NDArray, targets: mx.nd.NDArray, lam: float, order: np.ndarray
 ) -> tuple[mx.nd.NDArray, mx.nd.NDArray]:
     """λ·x + (1 − λ)·x[order], and the targets alike."""
-    index = engine_free(order, np.float32).as_in_context(data.context)
+    index = mx.nd.array(order, ctx=data.context)
     mixed = data * lam + data.take(index) * (1 - lam)
     index = index.as_in_context(targets.context)
     return mixed, targets * lam + targets.take(index) * (1 - lam)

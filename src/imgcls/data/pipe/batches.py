@@ -26,7 +26,6 @@ import mxnet as mx
 import numpy as np
 
 from imgcls.data.labels import log_positive_weights
-from imgcls.data.ndarrays import engine_free
 from imgcls.data.pipe.examples import Example
 from imgcls.data.pipe.fifo import PipeSource
 from imgcls.data.pipe.image_aug_default import augment_image
@@ -111,8 +110,8 @@ class PipeBatches(mx.io.DataIter):
             raise StopIteration
         data, label, pad = item
         return mx.io.DataBatch(
-            data=[engine_free(data, np.float32)],
-            label=[engine_free(label, np.float32)],
+            data=[mx.nd.array(data)],
+            label=[mx.nd.array(label)],
             pad=pad,
             provide_data=self.provide_data,
             provide_label=self.provide_label,
