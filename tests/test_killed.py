@@ -32,7 +32,9 @@ def largest(processes: list[psutil.Process]) -> psutil.Process:
 
 
 def start_long_job(make_job) -> tuple:
-    """A 100-epoch job on 64 records, `scripts/train` started in its own process group."""
+    """A 100-epoch job on 64 records, `scripts/train` started in its own process group with
+    SIGINT's default action, as a terminal gives it (a shell's background job, such as a CI
+    runner's, hands its children SIGINT ignored)."""
     job = make_job()
     job.hyperparameters({**TINY_HYPERPARAMETERS, "epochs": "100"})
     job.rec_channel("train", balanced_labels(64, 4))
@@ -43,6 +45,7 @@ def start_long_job(make_job) -> tuple:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     return job, process
 
