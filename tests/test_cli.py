@@ -10,9 +10,11 @@ import pytest
 from conftest import TINY_HYPERPARAMETERS, balanced_labels
 
 from imgcls.cli import main
+from imgcls.config.environment import paths_from_env
+from imgcls.gpu import has_gpu_devices
 from imgcls.system import child_env
 from imgcls.training.distributed.launch import WORKER_ENV
-from imgcls.training.supervisor import SUPERVISED_ENV
+from imgcls.training.supervisor import SUPERVISED_ENV, child_engine, engine_env
 
 
 def test_dry_run_accepts_a_valid_job_and_summarises_it(make_job) -> None:
@@ -112,3 +114,39 @@ def test_only_the_single_host_child_skips_the_teardown_with_its_output_whole(
     assert json.loads(done.stdout)["properties"]["num_classes"]
     assert ("TEARDOWN" in done.stderr) == torn_down
     assert "ATEXIT" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("hosts", "gpu_devices", "environ", "expected"),
+    [
+        (1, False, {}, {"MXNET_ENGINE_TYPE": "NaiveEngine"}),
+        (2, False, {}, {}),  # ps-lite's servers and workers keep MXNet's default
+        (1, True, {}, {}),  # GPU devices and copies run in parallel on the threaded engine
+        (1, False, {"MXNET_ENGINE_TYPE": "ThreadedEngine"}, {}),  # the user's choice stays
+    ],
+)
+def test_the_child_gets_the_naive_engine_only_on_one_cpu_host(
+    hosts, gpu_devices, environ, expected
+) -> None:
+    assert engine_env(hosts, gpu_devices, environ) == expected
+
+
+def test_child_engine_reads_the_hosts_of_resourceconfig(make_job, monkeypatch) -> None:
+    monkeypatch.delenv("MXNET_ENGINE_TYPE", raising=False)
+    monkeypatch.setattr("imgcls.training.supervisor.has_gpu_devices", lambda: False)
+    job = make_job()
+    paths = paths_from_env({"SAGEMAKER_BASE_DIR": str(job.base)})
+    assert child_engine(paths) == {"MXNET_ENGINE_TYPE": "NaiveEngine"}  # no file: one host
+    resources = job.config / "resourceconfig.json"
+    resources.write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1", "algo-2"]}))
+    assert child_engine(paths) == {}
+    resources.write_text("{")
+    assert child_engine(paths) == {}  # the child names the broken file
+
+
+def test_gpu_devices_are_the_numbered_nvidia_device_files(tmp_path) -> None:
+    (tmp_path / "nvidiactl").touch()
+    (tmp_path / "nvidia-uvm").touch()
+    assert not has_gpu_devices(tmp_path)
+    (tmp_path / "nvidia0").touch()
+    assert has_gpu_devices(tmp_path)

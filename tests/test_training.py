@@ -210,3 +210,28 @@ def test_wrong_num_training_samples_is_a_warning_with_both_numbers(
     finally:
         logger.removeHandler(caplog.handler)
     assert "num_training_samples=1000 but the train channel holds 128 images" in caplog.text
+
+
+@pytest.mark.parametrize("augmentation", ["crop", "crop_color"])  # in memory; ImageRecordIter
+def test_the_naive_engine_trains_exactly_what_mxnets_default_engine_trains(
+    make_job, monkeypatch, augmentation
+) -> None:
+    """A single-host CPU job runs MXNet's NaiveEngine (training/supervisor.py); the reference is
+    the same job on MXNet's default engine: the logs and the parameters must be identical."""
+    monkeypatch.delenv("MXNET_ENGINE_TYPE", raising=False)
+    settings = {"epochs": "2", "augmentation_type": augmentation, "image_shape": "3,14,14"}
+    naive = tiny_job(make_job, "naive", **settings)
+    naive_run = naive.train()
+    monkeypatch.setenv("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice")
+    threaded = tiny_job(make_job, "threaded", **settings)
+    threaded_run = threaded.train()
+    assert naive_run.returncode == threaded_run.returncode == 0, naive_run.stdout
+    assert "MXNet engine: NaiveEngine" in naive_run.stdout
+    assert "MXNet engine: ThreadedEnginePerDevice" in threaded_run.stdout
+    figures = re.compile(r"Epoch\[\d+\] (?:Train|Validation)-\S+=[0-9.]+")
+    assert figures.findall(naive_run.stdout) == figures.findall(threaded_run.stdout)
+    assert len(figures.findall(naive_run.stdout)) >= 6
+    kept = sorted(path.name for path in naive.model_dir.glob("*.params"))
+    assert kept and kept == sorted(path.name for path in threaded.model_dir.glob("*.params"))
+    for name in kept:
+        assert (naive.model_dir / name).read_bytes() == (threaded.model_dir / name).read_bytes()

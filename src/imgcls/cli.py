@@ -29,13 +29,13 @@ def _train(args: argparse.Namespace) -> int:
     from imgcls.config.environment import paths_from_env
     from imgcls.failure import report_failure
     from imgcls.log import setup_logging
-    from imgcls.training.supervisor import is_supervised, supervise
+    from imgcls.training.supervisor import child_engine, is_supervised, supervise
 
     setup_logging()
     paths = paths_from_env()
     paths.failure_file.unlink(missing_ok=True)
     if not args.dry_run and not is_supervised():
-        return supervise(["train"], paths.failure_file)
+        return supervise(["train"], paths.failure_file, child_engine(paths))
     from imgcls.training.job import run_training
 
     try:

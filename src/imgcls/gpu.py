@@ -125,6 +125,11 @@ def installed_gpu_code() -> GpuCode:
     return read_gpu_code(Path(find_lib_path()[0]))
 
 
+def has_gpu_devices(dev: Path = Path("/dev")) -> bool:
+    """True when an NVIDIA GPU device file (/dev/nvidia0, ...) exists, read without MXNet."""
+    return any(dev.glob("nvidia[0-9]*"))
+
+
 def visible_gpus() -> list[Gpu]:
     """The GPUs MXNet sees, with their names and compute capabilities (none on the CPU build)."""
     import mxnet as mx

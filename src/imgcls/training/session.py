@@ -39,6 +39,7 @@ from imgcls.training.report.history import History
 from imgcls.training.report.writer import ReportInputs, model_epochs, write_report_safely
 from imgcls.training.resume import ResumeState
 from imgcls.training.schedule import continue_schedule, schedule, updates_per_epoch
+from imgcls.training.supervisor import running_engine
 from imgcls.training.targets import soft_targets
 
 FINGERPRINT_KEYS = ("num_layers", "num_classes", "image_shape", "multi_label", "optimizer")
@@ -130,6 +131,7 @@ def job_fingerprint(settings: dict, net: gluon.HybridBlock) -> dict:
 def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None:
     """Train, keep the model/ files the checkpoint policy asks for, and pack model.tar.gz."""
     hp = config.hp
+    logger.info("MXNet engine: %s", running_engine())
     serving_side = served_shorter_side(hp, data["train"])
     settings = {
         **hp.as_dict(),
