@@ -21,6 +21,9 @@ from PIL import Image
 
 from imgcls.config.environment import Paths
 from imgcls.training import session
+from imgcls.training.report.handoff import REPORT_FD_ENV, take_hand_over
+from imgcls.training.report.history import History
+from imgcls.training.report.writer import ReportInputs, write_report_safely
 
 REPORT_PNGS = ("curves.png", "confusion_matrix.png", "per_class.png")
 VALIDATION = re.compile(r"Epoch\[(\d+)\] Validation-accuracy=([0-9.]+)")
@@ -302,3 +305,60 @@ def test_a_failed_archive_fails_the_job_and_keeps_the_resumable_state(
     with pytest.raises(OSError, match="No space"):
         session._finish(paths, ClearRecorder(events), True, lambda: events.append("report"))
     assert events == ["report"]
+
+
+def test_the_supervising_parent_draws_the_report_the_child_hands_over(
+    tmp_path, monkeypatch
+) -> None:
+    """The training child (IMGCLS_SUPERVISED set) cannot import matplotlib here: the report's
+    PNGs and page exist only because the parent, which can, drew them."""
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "class NoMatplotlib:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'matplotlib':\n"
+        "            raise ImportError('matplotlib is blocked in the training child')\n"
+        "if os.environ.get('IMGCLS_SUPERVISED'):\n"
+        "    sys.meta_path.insert(0, NoMatplotlib())\n"
+    )
+    monkeypatch.setenv("PYTHONPATH", f"{patches}:{os.environ.get('PYTHONPATH', '')}")
+    job = single_label_job(tmp_path, epochs="1")
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING" not in result.stdout + result.stderr
+    folder = job.base / "output" / "data"
+    assert_pictures(folder, REPORT_PNGS)
+    assert_self_contained(folder, REPORT_PNGS)
+    assert report_of(job)["epochs"][0]["epoch"] == 0
+
+
+def test_without_a_listening_parent_the_job_draws_its_report_itself(tmp_path) -> None:
+    history = History()
+    history.restore(
+        [
+            {
+                "epoch": 0,
+                "train": {"accuracy": 0.5, "loss": 1.0},
+                "learning_rate": 0.1,
+                "images_per_second": 10.0,
+                "seconds": 1.0,
+            }
+        ]
+    )
+    inputs = ReportInputs({}, None, 4)
+
+    def closed_pipe(folder: Path) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    write_report_safely(tmp_path, history, tmp_path / "model", inputs, closed_pipe)
+    assert_pictures(tmp_path, ("curves.png",))
+    assert_self_contained(tmp_path, ("curves.png",))
+
+
+def test_the_pipe_leaves_the_environment_of_the_child_that_takes_it() -> None:
+    environ = {REPORT_FD_ENV: "7", "PATH": "/bin"}
+    assert take_hand_over(environ) is not None
+    assert environ == {"PATH": "/bin"}  # a grandchild never sees the number
+    assert take_hand_over(environ) is None

@@ -37,9 +37,11 @@ def _train(args: argparse.Namespace) -> int:
     if not args.dry_run and not is_supervised():
         return supervise(["train"], paths.failure_file, child_engine(paths))
     from imgcls.training.job import run_training
+    from imgcls.training.report.handoff import take_hand_over
 
+    hand_over = take_hand_over()  # the supervising parent draws the report
     try:
-        return run_training(paths, dry_run=args.dry_run)
+        return run_training(paths, dry_run=args.dry_run, hand_over=hand_over)
     except Exception as exc:
         return report_failure(exc, paths.failure_file)
 

@@ -3,6 +3,8 @@ of a multi-host job, and the dry run's summary."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgcls.config.channels import DATA_CHANNELS
@@ -19,11 +21,14 @@ if TYPE_CHECKING:
     from imgcls.data.loaders import ChannelData
 
 
-def run_training(paths: Paths, dry_run: bool = False) -> int:
+def run_training(
+    paths: Paths, dry_run: bool = False, hand_over: Callable[[Path], None] | None = None
+) -> int:
     """`scripts/train`: validate everything, then train (or, with dry_run, summarise).
 
     On several hosts this process launches the ps-lite roles and a worker, which runs this
-    same function again as a worker. Returns the exit code.
+    same function again as a worker. `hand_over`, when given, takes the training report's
+    folder to draw it elsewhere (training/report/handoff.py). Returns the exit code.
     """
     from imgcls.data.loaders import load_channels
 
@@ -41,7 +46,7 @@ def run_training(paths: Paths, dry_run: bool = False) -> int:
         return 0
     from imgcls.training.session import train
 
-    train(paths, config, data)
+    train(paths, config, data, hand_over)
     return 0
 
 

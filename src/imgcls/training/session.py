@@ -128,8 +128,14 @@ def job_fingerprint(settings: dict, net: gluon.HybridBlock) -> dict:
     return {**fingerprint, "network": dataclasses.asdict(net.structure)}
 
 
-def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None:
-    """Train, keep the model/ files the checkpoint policy asks for, and pack model.tar.gz."""
+def train(
+    paths: Paths,
+    config: JobConfig,
+    data: dict[str, ChannelData],
+    hand_over: Callable[[Path], None] | None = None,
+) -> None:
+    """Train, keep the model/ files the checkpoint policy asks for, and pack model.tar.gz;
+    the report is drawn here, or by `hand_over` (training/report/handoff.py)."""
     hp = config.hp
     logger.info("MXNet engine: %s", running_engine())
     serving_side = served_shorter_side(hp, data["train"])
@@ -243,7 +249,9 @@ def train(paths: Paths, config: JobConfig, data: dict[str, ChannelData]) -> None
         paths,
         resume,
         writes_model,
-        lambda: write_report_safely(paths.output_data_dir, history, paths.model_dir, inputs),
+        lambda: write_report_safely(
+            paths.output_data_dir, history, paths.model_dir, inputs, hand_over
+        ),
     )
 
 

@@ -26,6 +26,7 @@ from imgcls.failure import killed_by_signal, report_failure
 from imgcls.gpu import has_gpu_devices
 from imgcls.log import logger
 from imgcls.system import child_env, die_with_parent
+from imgcls.training.report.handoff import ReportDrawer
 
 SUPERVISED_ENV = "IMGCLS_SUPERVISED"
 ENGINE_ENV = "MXNET_ENGINE_TYPE"
@@ -109,15 +110,20 @@ def _wait(child: subprocess.Popen) -> int:
 def supervise(
     argv: Sequence[str], failure_file: Path, extra_env: Mapping[str, str] | None = None
 ) -> int:
-    """Run `imgcls <argv>` in a child (with `extra_env` added to its environment); its exit
-    status, or 1 and output/failure when a signal ended it."""
+    """Run `imgcls <argv>` in a child (with `extra_env` added to its environment), drawing
+    the training report it hands over; its exit status, or 1 and output/failure when a signal
+    ended it."""
+    drawer = ReportDrawer()
     child = subprocess.Popen(
         [sys.executable, "-m", "imgcls.cli", *argv],
-        env=child_env({**(extra_env or {}), SUPERVISED_ENV: "1"}),
+        env=child_env({**(extra_env or {}), **drawer.child_env(), SUPERVISED_ENV: "1"}),
+        pass_fds=drawer.child_fds,
         preexec_fn=die_with_parent,
     )
+    drawer.start()
     forwarder = SigtermForwarder(lambda: child)
     code = _wait(child)
+    drawer.finish()
     death = signal_death(code, forwarder.forwarded, "The training process")
     if death is not None:
         return report_failure(death, failure_file)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
-from mxnet import gluon
+if TYPE_CHECKING:  # annotations only: the report is drawn by a process without MXNet
+    from mxnet import gluon
 
-from imgcls.training.loop import EpochStats
-from imgcls.training.report.confusion import ValidationCounts
+    from imgcls.training.loop import EpochStats
+    from imgcls.training.report.confusion import ValidationCounts
 
 
 @dataclass

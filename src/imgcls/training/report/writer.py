@@ -1,16 +1,20 @@
-"""Writes output/data/report.json, report.html and their PNGs at the end of a job; never fatal."""
+"""Writes output/data/report.json, report.html and their PNGs at the end of a job; never fatal.
+
+report.json holds everything the PNGs and the page show: training/report/drawing.py draws them
+from it, here or in the supervising parent (training/report/handoff.py).
+"""
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from imgcls.log import logger
 from imgcls.model import artifact
-from imgcls.training.report import page, plots
 from imgcls.training.report.confusion import per_class
+from imgcls.training.report.drawing import REPORT_JSON, draw_report, draw_report_safely, warn
 from imgcls.training.report.history import History
 
 NO_VALIDATION = "No validation channel: no confusion matrix and no per-class scores."
@@ -79,27 +83,19 @@ def report_data(history: History, kept: int | None, inputs: ReportInputs) -> dic
     return report
 
 
-def write_report(folder: Path, report: dict) -> Path:
-    """report.json, the PNGs and report.html in `folder` (in that order); returns
-    report.html's path."""
+def write_report_json(folder: Path, report: dict) -> Path:
+    """report.json in `folder` (NaN and infinities as null); returns its path."""
     folder.mkdir(parents=True, exist_ok=True)
-    clean = _finite(report)
-    (folder / "report.json").write_text(json.dumps(clean, indent=2, allow_nan=False))
-    plots.curves(_records(report), folder / "curves.png")
-    if report["per_class"]:
-        plots.per_class_scores(report["per_class"], folder / "per_class.png")
-    if report["confusion_matrix"] is not None:
-        matrix_png = folder / "confusion_matrix.png"
-        plots.confusion_matrix(report["confusion_matrix"], report["classes"], matrix_png)
-    target = folder / "report.html"
-    target.write_text(page.render(clean, folder))
+    target = folder / REPORT_JSON
+    target.write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
     return target
 
 
-def _records(report: dict) -> list:
-    history = History()
-    history.restore(report["epochs"])
-    return history.epochs
+def write_report(folder: Path, report: dict) -> Path:
+    """report.json, the PNGs and report.html in `folder` (in that order); returns
+    report.html's path."""
+    write_report_json(folder, report)
+    return draw_report(folder)
 
 
 def _finite(value):
@@ -114,15 +110,22 @@ def _finite(value):
 
 
 def write_report_safely(
-    folder: Path, history: History, model_dir: Path, inputs: ReportInputs
+    folder: Path,
+    history: History,
+    model_dir: Path,
+    inputs: ReportInputs,
+    hand_over: Callable[[Path], None] | None = None,
 ) -> None:
-    """write_report, any failure logged as a warning: the job and its model go on."""
+    """report.json, then the PNGs and report.html, here or by `hand_over(folder)` (another
+    process draws them); any failure logged as a warning: the job and its model go on."""
     try:
-        report = report_data(history, kept_epoch(model_dir), inputs)
-        logger.info("Training report: %s", write_report(folder, report))
+        write_report_json(folder, report_data(history, kept_epoch(model_dir), inputs))
     except Exception as error:
-        logger.warning(
-            "The training report was not written (%s: %s); the model is unaffected.",
-            type(error).__name__,
-            error,
-        )
+        warn(error)
+        return
+    try:
+        if hand_over is not None:
+            return hand_over(folder)
+    except OSError:
+        pass  # nobody listens any more: drawn here
+    draw_report_safely(folder)
