@@ -123,9 +123,10 @@ def write_report_safely(
     except Exception as error:
         warn(error)
         return
-    try:
-        if hand_over is not None:
-            return hand_over(folder)
-    except OSError:
-        pass  # nobody listens any more: drawn here
+    if hand_over is not None:
+        try:
+            hand_over(folder)
+            return
+        except OSError:
+            pass  # nobody listens any more: drawn here
     draw_report_safely(folder)
