@@ -362,3 +362,5 @@ def test_the_pipe_leaves_the_environment_of_the_child_that_takes_it() -> None:
     assert take_hand_over(environ) is not None
     assert environ == {"PATH": "/bin"}  # a grandchild never sees the number
     assert take_hand_over(environ) is None
+    stray = {REPORT_FD_ENV: "stdout"}
+    assert take_hand_over(stray) is None and stray == {}  # the job then draws its own report

@@ -60,12 +60,13 @@ def take_hand_over(
 ) -> Callable[[Path], None] | None:
     """The child's side: a function that hands the report folder to the parent, or None
     without a pipe. The pipe leaves the environment, so no grandchild inherits its number."""
-    fd = environ.pop(REPORT_FD_ENV, None)
-    if fd is None:
-        return None
+    value = environ.pop(REPORT_FD_ENV, None)
+    if value is None or not value.isdigit():
+        return None  # no parent listening (a stray value is not a pipe of ours)
+    fd = int(value)
 
     def hand_over(folder: Path) -> None:
-        with os.fdopen(int(fd), "w") as pipe:
+        with os.fdopen(fd, "w") as pipe:
             pipe.write(f"{folder}\n")
 
     return hand_over

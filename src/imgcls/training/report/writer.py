@@ -14,7 +14,7 @@ from pathlib import Path
 
 from imgcls.model import artifact
 from imgcls.training.report.confusion import per_class
-from imgcls.training.report.drawing import REPORT_JSON, draw_report, draw_report_safely, warn
+from imgcls.training.report.drawing import REPORT_JSON, draw_report_safely, warn
 from imgcls.training.report.history import History
 
 NO_VALIDATION = "No validation channel: no confusion matrix and no per-class scores."
@@ -89,13 +89,6 @@ def write_report_json(folder: Path, report: dict) -> Path:
     target = folder / REPORT_JSON
     target.write_text(json.dumps(_finite(report), indent=2, allow_nan=False))
     return target
-
-
-def write_report(folder: Path, report: dict) -> Path:
-    """report.json, the PNGs and report.html in `folder` (in that order); returns
-    report.html's path."""
-    write_report_json(folder, report)
-    return draw_report(folder)
 
 
 def _finite(value):
