@@ -202,7 +202,7 @@ def test_no_endpoint_figure_when_validation_sees_what_the_endpoint_sees(tmp_path
 class MeanBrightness:
     """A stand-in learner: class 1 when the image is bright, else class 0."""
 
-    def forward(self, data: mx.nd.NDArray) -> list[mx.nd.NDArray]:
+    def predict(self, data: mx.nd.NDArray) -> list[mx.nd.NDArray]:
         bright = data.mean(axis=(1, 2, 3)) > 127
         return [mx.nd.stack(1 - bright, bright, axis=1)]
 

@@ -123,3 +123,49 @@ def test_evaluate_counts_every_sample_exactly_once(tmp_path) -> None:
     )
     evaluate(learner, batches, metric)
     assert metric.metrics[0].num_inst == 20
+
+
+def resnet_learner(contexts: list[mx.Context]) -> Learner:
+    """A small ResNet (BatchNorm included), hybridized as build_learner does."""
+    from imgcls.model.networks import build_network
+
+    mx.random.seed(4)
+    net = build_network(20, 3, (3, 16, 16))
+    net.initialize(mx.init.Xavier(), ctx=contexts)
+    net.hybridize(static_alloc=True, static_shape=True)
+    trainer = gluon.Trainer(
+        net.collect_params(), "sgd", {"learning_rate": 0.1, "momentum": 0.9}, kvstore=None
+    )
+    return Learner(net, trainer, gluon.loss.SoftmaxCrossEntropyLoss(), contexts)
+
+
+def test_predictions_of_a_short_batch_follow_the_training_weights() -> None:
+    """`predict` (a second graph over the same parameters, any batch size) gives what the
+    training graph gives in inference mode for those images, after every update."""
+    rng = np.random.default_rng(2)
+    data = mx.nd.array(rng.integers(0, 256, (8, 3, 16, 16)), dtype="uint8")
+    label = mx.nd.array(rng.integers(0, 3, 8))
+    learner = resnet_learner([mx.cpu()])
+    seen = []
+    for _ in range(3):
+        train_step(learner, data, label)
+        reference = learner.forward(data)[0].asnumpy()  # full batch, the training graph's shape
+        short = learner.predict(data[:5])[0].asnumpy()
+        np.testing.assert_allclose(short, reference[:5], rtol=1e-4, atol=1e-5)
+        seen.append(short)
+    assert not np.allclose(seen[0], seen[-1])  # the updates reached the second graph
+
+
+def test_a_batch_smaller_than_the_devices_is_predicted_on_the_first_ones() -> None:
+    data = mx.nd.array(np.random.default_rng(3).integers(0, 256, (1, 3, 16, 16)), dtype="uint8")
+    two = resnet_learner([mx.cpu(0), mx.cpu(1)])
+    outputs = two.predict(data)
+    assert len(outputs) == 1
+    one = resnet_learner([mx.cpu(0)])
+    one.net(data.astype("float32"))  # deferred initialisation; then two's weights
+    for mine, theirs in zip(
+        one.net.collect_params().values(), two.net.collect_params().values(), strict=True
+    ):
+        mine.set_data(theirs.data(mx.cpu(0)))
+    expected = one.net(data.astype("float32")).asnumpy()  # the one-device network itself
+    np.testing.assert_allclose(outputs[0].asnumpy(), expected, rtol=1e-4, atol=1e-5)

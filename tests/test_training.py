@@ -235,3 +235,58 @@ def test_the_naive_engine_trains_exactly_what_mxnets_default_engine_trains(
     assert kept and kept == sorted(path.name for path in threaded.model_dir.glob("*.params"))
     for name in kept:
         assert (naive.model_dir / name).read_bytes() == (threaded.model_dir / name).read_bytes()
+
+
+KILLED_BEFORE_CLEAR = """\
+import os, signal
+if os.environ.get("IMGCLS_SUPERVISED"):
+    from imgcls.training import resume
+
+    def killed(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    resume.ResumeState.clear = killed
+"""
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"epochs": "2"}, {"epochs": "9", "learning_rate": "0", "early_stopping": "True"}],
+    ids=["all-epochs", "early-stopped"],
+)
+def test_a_job_killed_after_its_last_epoch_resumes_without_training_again(
+    make_job, tmp_path, monkeypatch, settings
+) -> None:
+    """The last epoch's resume state marks the job finished (and holds no optimizer state): a
+    job killed before it cleared its state, resumed on a new host (model/ is not restored by
+    SageMaker), trains no epoch again and packs the same model."""
+    stopping = {"early_stopping_min_epochs": "1", "early_stopping_patience": "1"}
+    job = tiny_job(make_job, validation=32, **settings, **stopping)
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "sitecustomize.py").write_text(KILLED_BEFORE_CLEAR)
+    with monkeypatch.context() as patched:
+        patched.setenv("PYTHONPATH", f"{patches}:{__import__('os').environ.get('PYTHONPATH', '')}")
+        killed = job.train()
+    assert killed.returncode != 0 and "SIGKILL" in job.failure, killed.stdout + killed.stderr
+    epochs_run = len(TRAIN_ACCURACY.findall(killed.stdout))
+    assert epochs_run == 2 if settings["epochs"] == "2" else 2 <= epochs_run < 9
+    pointer = json.loads((job.base / "checkpoints" / "imgcls-resume.json").read_text())
+    state = job.base / "checkpoints" / pointer["state"]
+    assert json.loads((state / "state.json").read_text())["progress"]["next_epoch"] == int(
+        settings["epochs"]
+    )
+    assert not (state / "imgcls-resume.states").exists()
+    models = {p.name: p.read_bytes() for p in job.model_dir.iterdir()}
+    for path in job.model_dir.iterdir():
+        path.unlink()
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "The resumed job had finished training: nothing is retrained." in result.stdout
+    assert not TRAIN_ACCURACY.findall(result.stdout)
+    assert {p.name: p.read_bytes() for p in job.model_dir.iterdir()} == models
+    with tarfile.open(job.base / "output" / "model.tar.gz") as archive:
+        assert sorted(archive.getnames()) == sorted(models)
+    assert not any((job.base / "checkpoints").iterdir())
+    report = json.loads((job.base / "output" / "data" / "report.json").read_text())
+    assert [e["epoch"] for e in report["epochs"]] == list(range(epochs_run))

@@ -96,13 +96,10 @@ class EndpointCheck:
         """Update `metric` with the network's predictions on the served inputs."""
         metric.reset()
         for pixels, labels in self._inputs():
-            count = len(pixels)
-            padded = np.zeros((self.batch_size, *self.image_shape), dtype=np.float32)
-            padded[:count] = pixels  # the cached graph keeps one batch shape
-            outputs = learner.forward(mx.nd.array(padded))
+            outputs = learner.predict(mx.nd.array(pixels))
             prediction = mx.nd.concat(*[o.as_in_context(mx.cpu()) for o in outputs], dim=0)
             label = labels if self.multi_label else labels[:, 0]
-            metric.update([mx.nd.array(label)], [prediction[:count]])
+            metric.update([mx.nd.array(label)], [prediction])
 
     def report(self, epoch: int, endpoint: float, validation: float) -> None:
         """The figure's own line, and once a warning when it trails validation by > 2 points."""

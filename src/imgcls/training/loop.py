@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import mxnet as mx
 from mxnet import autograd, gluon
@@ -57,6 +59,27 @@ class Learner:
             self.net(x.astype(self.dtype, copy=False)).astype("float32", copy=False)
             for x in self.split(data)
         ]
+
+    def predict(self, data: mx.nd.NDArray) -> list[mx.nd.NDArray]:
+        """`forward` in inference mode through `inference_net`: the batch may have any size, so
+        a last, short batch is computed as it is, not padded to the training batch's shape (a
+        batch with fewer images than devices leaves some idle)."""
+        devices = self.contexts[: max(1, data.shape[0])]
+        return [
+            self.inference_net(x.astype(self.dtype, copy=False)).astype("float32", copy=False)
+            for x in gluon.utils.split_and_load(data, devices, even_split=False)
+        ]
+
+    @cached_property
+    def inference_net(self) -> gluon.SymbolBlock:
+        """The network's graph a second time, over the same Parameters (so always the current
+        weights): the training graph is static, one batch shape (session.build_learner)."""
+        data = mx.sym.var("data", dtype=self.dtype)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Cannot decide type", UserWarning)
+            block = gluon.SymbolBlock(self.net(data), data, params=self.net.collect_params())
+        block.hybridize(static_alloc=True)
+        return block
 
 
 @dataclass
@@ -159,8 +182,8 @@ def evaluate(
         observer.reset()
     for batch in batches:
         valid = batch.data[0].shape[0] - batch.pad
-        outputs = [o.as_in_context(mx.cpu()) for o in learner.forward(batch.data[0])]
-        prediction = mx.nd.concat(*outputs, dim=0)[:valid]
+        outputs = [o.as_in_context(mx.cpu()) for o in learner.predict(batch.data[0][:valid])]
+        prediction = mx.nd.concat(*outputs, dim=0)
         for observer in observers:
             observer.update([batch.label[0][:valid]], [prediction])
     return metrics.get_name_value()

@@ -55,16 +55,23 @@ class ResumeState:
     def pointer(self) -> Path:
         return self.folder / POINTER
 
-    def save(self, net: gluon.Block, trainer: gluon.Trainer, progress: dict[str, Any]) -> None:
+    def save(
+        self,
+        net: gluon.Block,
+        trainer: gluon.Trainer,
+        progress: dict[str, Any],
+        with_optimizer: bool = True,
+    ) -> None:
         """Write the new state into a folder of its own, then switch the pointer to it; a kill
-        at any step leaves the previous state or this one, whole."""
+        at any step leaves the previous state or this one, whole. `with_optimizer` False: no
+        optimizer state (the last epoch's save: no update follows it)."""
         mx.nd.waitall()
         self.folder.mkdir(parents=True, exist_ok=True)
         previous = self.current()
         state = self.folder / f"state-{max(self._numbers(), default=0) + 1:06d}"
         state.mkdir()
         net.save_parameters(str(state / STATE_PARAMS))
-        if self.optimizer_states:
+        if self.optimizer_states and with_optimizer:
             trainer.save_states(str(state / STATE_OPTIMIZER))
         earlier = previous / MODEL_SNAPSHOT if previous else None
         _snapshot(self.model_dir, state / MODEL_SNAPSHOT, earlier)
@@ -84,7 +91,7 @@ class ResumeState:
             return None
         content = self._read_state(state)
         net.load_parameters(str(state / STATE_PARAMS), ctx=contexts)
-        if self.optimizer_states:
+        if self.optimizer_states and STATE_OPTIMIZER in content["files"]:
             trainer.load_states(str(state / STATE_OPTIMIZER))
         self._restore_model_dir(state / MODEL_SNAPSHOT)
         logger.info("Resuming from %s: %s", state, json.dumps(content["progress"]))

@@ -178,6 +178,8 @@ def train(
     first_epoch = restore(
         resume, learner, checkpoints, early, job_updates_per_epoch(hp, worker), history
     )
+    if first_epoch >= hp.epochs:
+        logger.info("The resumed job had finished training: nothing is retrained.")
 
     def progress(next_epoch: int) -> dict:
         history.keep_counts(set(model_epochs(paths.model_dir)))
@@ -191,14 +193,17 @@ def train(
     def after_epoch(epoch: int, accuracy: float | None) -> bool:
         done = epoch + 1
         stop = bool(early and accuracy is not None and early.should_stop(done, accuracy))
-        checkpoints.on_epoch_end(done, accuracy, is_last=stop or done == hp.epochs)
+        finished = stop or done == hp.epochs
+        checkpoints.on_epoch_end(done, accuracy, is_last=finished)
         if stop:
             logger.info(
                 "Early stopping after epoch %d: no improvement for %d epochs.",
                 epoch,
                 early.epochs_without_improvement,
             )
-        resume.save(learner.net, learner.trainer, progress(done))
+        # A finished job's state says so (a resume trains nothing more) and needs no optimizer.
+        next_epoch = hp.epochs if finished else done
+        resume.save(learner.net, learner.trainer, progress(next_epoch), with_optimizer=not finished)
         return stop
 
     validation = data.get("validation")
