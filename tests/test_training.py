@@ -283,6 +283,7 @@ def test_a_job_killed_after_its_last_epoch_resumes_without_training_again(
     result = job.train()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "The resumed job had finished training: nothing is retrained." in result.stdout
+    assert "holds no optimizer state" in result.stdout
     assert not TRAIN_ACCURACY.findall(result.stdout)
     assert {p.name: p.read_bytes() for p in job.model_dir.iterdir()} == models
     with tarfile.open(job.base / "output" / "model.tar.gz") as archive:

@@ -57,9 +57,9 @@ class RunLengthGzip:
     empty final block. Z_RLE matches only the previous byte, so the cuts cost nothing.
     """
 
-    def __init__(self, raw: BinaryIO, threads: int | None = None) -> None:
+    def __init__(self, raw: BinaryIO) -> None:
         self.raw = raw
-        self.threads = threads or cpu_count()
+        self.threads = cpu_count()
         self.pool = ThreadPoolExecutor(max_workers=self.threads)
         self.pending: deque[Future[bytes]] = deque()
         self.buffer = bytearray()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -74,10 +73,8 @@ class Learner:
     def inference_net(self) -> gluon.SymbolBlock:
         """The network's graph a second time, over the same Parameters (so always the current
         weights): the training graph is static, one batch shape (session.build_learner)."""
-        data = mx.sym.var("data", dtype=self.dtype)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Cannot decide type", UserWarning)
-            block = gluon.SymbolBlock(self.net(data), data, params=self.net.collect_params())
+        data = mx.sym.var("data", dtype=self.dtype)  # typed: SymbolBlock infers every type
+        block = gluon.SymbolBlock(self.net(data), data, params=self.net.collect_params())
         block.hybridize(static_alloc=True)
         return block
 

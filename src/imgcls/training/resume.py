@@ -93,6 +93,12 @@ class ResumeState:
         net.load_parameters(str(state / STATE_PARAMS), ctx=contexts)
         if self.optimizer_states and STATE_OPTIMIZER in content["files"]:
             trainer.load_states(str(state / STATE_OPTIMIZER))
+        elif self.optimizer_states:
+            logger.info(
+                "%s holds no optimizer state (saved after a job's last epoch, or by a multi-host "
+                "job): any epoch still to train starts the optimizer afresh.",
+                state,
+            )
         self._restore_model_dir(state / MODEL_SNAPSHOT)
         logger.info("Resuming from %s: %s", state, json.dumps(content["progress"]))
         return content["progress"]
