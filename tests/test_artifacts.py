@@ -8,6 +8,7 @@ from pathlib import Path
 import mxnet as mx
 import numpy as np
 import pytest
+from mxnet import gluon
 
 from imgcls.config.hyperparameters.table import LARGE_IMAGE_DEPTHS, SMALL_IMAGE_DEPTHS
 from imgcls.errors import ClientError
@@ -110,6 +111,38 @@ def test_export_leaves_the_training_network_as_it_was(tmp_path, hybridized):
     _export(net, tmp_path)
     np.testing.assert_array_equal(net(x).asnumpy(), before[0])
     assert (net._active, list(net._flags)) == before[1:]
+
+
+@pytest.mark.parametrize(
+    "devices", [[mx.cpu(0)], [mx.cpu(0), mx.cpu(1)], [mx.cpu(1), mx.cpu(2)]], ids=str
+)
+def test_export_during_training_writes_the_weights_of_that_moment(tmp_path, devices):
+    # A float32 network with a copy on the CPU is exported as it is; one on other devices
+    # (GPU stand-ins) through a CPU copy. Either way the file holds the weights at export,
+    # as plain MXNet loads them, and training goes on from the same weights after it.
+    net = _trained_like()
+    weights = {name: p.data().asnumpy() for name, p in net.collect_params().items()}
+    net = _trained_like()
+    net.collect_params().reset_ctx(devices)
+    net.hybridize(static_alloc=True, static_shape=True)
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.5})
+    x = _pixels()
+    _export(net, tmp_path, 1)
+    with mx.autograd.record():
+        losses = [net(mx.nd.array(x, ctx=device)).sum() for device in devices]
+    mx.autograd.backward(losses)
+    trainer.step(1)
+    _export(net, tmp_path, 2)
+    reference = _trained_like()
+    for name, p in reference.collect_params().items():
+        p.set_data(mx.nd.array(weights[name]))
+    expected = _probabilities(reference, x)
+    np.testing.assert_allclose(_module_outputs(tmp_path, 1, x), expected, rtol=1e-5, atol=1e-7)
+    for name, p in reference.collect_params().items():
+        p.set_data(net.collect_params()[name].data(devices[0]).as_in_context(mx.cpu()))
+    moved = _probabilities(reference, x)
+    assert np.abs(moved - expected).max() > 1e-3
+    np.testing.assert_allclose(_module_outputs(tmp_path, 2, x), moved, rtol=1e-5, atol=1e-7)
 
 
 def test_a_float16_network_exports_a_float32_model(tmp_path):

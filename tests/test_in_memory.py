@@ -3,15 +3,18 @@ records, and uint8 batches cast after the split to each device."""
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
 import mxnet as mx
 import numpy as np
+import pytest
 from conftest import TINY_HYPERPARAMETERS
 from test_sharding import channel
 
 from imgcls.config.hyperparameters import parse_hyperparameters
+from imgcls.data import in_memory
 from imgcls.data.in_memory import InMemoryBatches, fits_in_memory
 from imgcls.data.loaders import load_channel, train_iter
 from imgcls.model.networks import build_network
@@ -116,6 +119,38 @@ def find_window(source: np.ndarray, image: np.ndarray) -> tuple[int, int, bool]:
                 if np.array_equal(window[:, :, ::-1] if mirrored else window, image):
                     return top, left, mirrored
     raise AssertionError("the image is no window of its record's decode")
+
+
+def test_the_decode_runs_while_the_caller_goes_on_and_the_first_batch_waits_for_it(
+    tmp_path, monkeypatch
+) -> None:
+    # The decode may not finish before train_iter returns: it waits for the test's go-ahead,
+    # given only once train_iter has returned. A synchronous decode would time out here.
+    go_ahead, decode_threads = threading.Event(), []
+    real_decode = in_memory.decode_records
+
+    def gated_decode(*args, **kwargs):
+        decode_threads.append(threading.current_thread())
+        if not go_ahead.wait(timeout=20):
+            raise TimeoutError("train_iter waited for the decode")
+        return real_decode(*args, **kwargs)
+
+    monkeypatch.setattr(in_memory, "decode_records", gated_decode)
+    batches = channel_batches(tmp_path, None)
+    go_ahead.set()
+    seen = epoch(batches)
+    assert decode_threads and decode_threads[0] is not threading.main_thread()
+    assert sorted(label for label, _ in seen) == list(range(COUNT))
+
+
+def test_a_failed_decode_fails_the_first_batch_with_its_own_error(tmp_path, monkeypatch) -> None:
+    def failing_decode(*args, **kwargs):
+        raise ValueError("record 7 is not an image")
+
+    monkeypatch.setattr(in_memory, "decode_records", failing_decode)
+    batches = channel_batches(tmp_path, None)
+    with pytest.raises(ValueError, match="record 7 is not an image"):
+        epoch(batches)
 
 
 def test_records_of_several_sizes_stream_through_image_record_iter_as_uint8(tmp_path) -> None:

@@ -8,12 +8,18 @@ ImageRecordIter would apply: `crop` takes a uniformly random image_shape window 
 window ((H-h)//2, (W-w)//2). The records come as ImageRecordIter's shuffle gives them: a new
 permutation every pass, the last batch of a pass completed from the next. Training then runs
 with no decoder threads taking cores from MXNet's OpenMP threads.
+
+The decode runs on a thread of its own from the moment the batches are made: ImageRecordIter
+decodes in C++, without the GIL, while the job builds its network (ResNet-18 at 224 px: 0.4 s
+of the 0.6 s decode), and the first epoch waits for what is left.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import cached_property
 from pathlib import Path
 
 import mxnet as mx
@@ -87,13 +93,24 @@ def decode_records(
     return data, np.concatenate(labels)[:count]
 
 
+def decode_in_background(*args, **kwargs) -> Future[tuple[np.ndarray, np.ndarray]]:
+    """`decode_records(*args, **kwargs)`, started now on a thread of its own."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgcls-decode")
+    try:
+        return pool.submit(decode_records, *args, **kwargs)
+    finally:
+        pool.shutdown(wait=False)
+
+
 class InMemoryBatches(mx.io.DataIter):
-    """`batches` uint8 batches per epoch (reset() starts the next epoch) from decoded images."""
+    """`batches` uint8 batches per epoch (reset() starts the next epoch) from decoded images,
+    `decoded` (pixels N x C x H x W, labels): the first batch waits for it."""
 
     def __init__(
         self,
-        pixels: np.ndarray,
-        labels: np.ndarray,
+        decoded: Future[tuple[np.ndarray, np.ndarray]],
+        channels: int,
+        label_width: int,
         *,
         batch_size: int,
         batches: int,
@@ -102,13 +119,22 @@ class InMemoryBatches(mx.io.DataIter):
         seed: int = 0,
     ) -> None:
         super().__init__(batch_size)
-        self.pixels, self.labels = pixels, labels
+        self.decoded = decoded
         self.batches, self.crop, self.random_crop = batches, crop, random_crop
         self.rng = np.random.default_rng(seed)
         self.stream = np.zeros(0, dtype=np.int64)
         self.served = 0
-        self.provide_data = [mx.io.DataDesc("data", (batch_size, pixels.shape[1], *crop), np.uint8)]
-        self.provide_label = [mx.io.DataDesc("softmax_label", (batch_size, *labels.shape[1:]))]
+        labels = (batch_size, label_width) if label_width > 1 else (batch_size,)
+        self.provide_data = [mx.io.DataDesc("data", (batch_size, channels, *crop), np.uint8)]
+        self.provide_label = [mx.io.DataDesc("softmax_label", labels)]
+
+    @cached_property
+    def pixels(self) -> np.ndarray:
+        return self.decoded.result()[0]
+
+    @cached_property
+    def labels(self) -> np.ndarray:
+        return self.decoded.result()[1]
 
     def reset(self) -> None:
         self.served = 0

@@ -34,7 +34,7 @@ from imgcls.data.augmentation import train_augmenter_args, validation_augmenter_
 from imgcls.data.in_memory import (
     IN_MEMORY_AUGMENTATIONS,
     InMemoryBatches,
-    decode_records,
+    decode_in_background,
     fits_in_memory,
     stored_shape,
     total_memory,
@@ -278,10 +278,11 @@ def train_iter(
     shape = decode_once_shape(data, hp, parts)
     if shape is not None:
         count = part_count(data.count, *parts)
-        pixels, labels = decode_records(data.files, data.index, shape, label_width, count, parts)
+        decoded = decode_in_background(data.files, data.index, shape, label_width, count, parts)
         return InMemoryBatches(
-            pixels,
-            labels,
+            decoded,
+            shape[0],
+            label_width,
             batch_size=batch_size,
             batches=batches,
             crop=(hp.height, hp.width),

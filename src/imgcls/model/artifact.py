@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import mxnet as mx
+import numpy as np
 from mxnet import gluon
 
 from imgcls.config.hyperparameters.table import DEPTHS
@@ -65,11 +66,18 @@ def _write_json(path: Path, value: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2) + "\n"))
 
 
-def _float32_copy(net: gluon.HybridBlock, metadata: dict, image_shape: tuple) -> gluon.HybridBlock:
-    """A float32 network on the CPU holding `net`'s weights, whatever precision `net` trains in.
+def _float32_cpu_network(
+    net: gluon.HybridBlock, metadata: dict, image_shape: tuple
+) -> gluon.HybridBlock:
+    """`net` itself when it holds float32 weights with a copy on the CPU (a ResNet-18 copy
+    takes 0.16 s to build); else a float32 CPU network holding `net`'s weights, whatever
+    precision and devices `net` trains on. Exporting reads `net` and never changes it.
 
-    Parameter names are deterministic, so the copy's match `net`'s; `net` itself is not touched.
+    Parameter names are deterministic, so the copy's match `net`'s.
     """
+    params = net.collect_params().values()
+    if all(np.dtype(p.dtype) == np.float32 and mx.cpu() in p.list_ctx() for p in params):
+        return net
     arrays = {
         name: p.data(p.list_ctx()[0]).as_in_context(mx.cpu()).astype("float32")
         for name, p in net.collect_params().items()
@@ -83,7 +91,7 @@ def _float32_copy(net: gluon.HybridBlock, metadata: dict, image_shape: tuple) ->
 
 def _arrays(params: gluon.ParameterDict, names: set[str], kind: str) -> dict:
     """`{"kind:name": array}` for the parameters named in `names`."""
-    return {f"{kind}:{name}": p.data() for name, p in params.items() if name in names}
+    return {f"{kind}:{name}": p.data(mx.cpu()) for name, p in params.items() if name in names}
 
 
 def export_model(
@@ -111,7 +119,7 @@ def export_model(
     # BatchNorm's running statistics are written by the backward pass without the engine
     # blocking the Python thread: wait for them, or the file gets the previous step's values.
     mx.nd.waitall()
-    wrapper = inference_network(_float32_copy(net, metadata, image_shape), multi_label)
+    wrapper = inference_network(_float32_cpu_network(net, metadata, image_shape), multi_label)
     params = wrapper.collect_params()
     sym = wrapper(mx.sym.var("data"))
     arrays = _arrays(params, set(sym.list_arguments()), "arg")

@@ -146,6 +146,8 @@ def train(
     classes = read_class_names(config.channels["train"].path, hp.num_classes)
     metadata = {**settings, "classes": classes}  # class names when the job has classes.json
     worker = worker_context()
+    # First, so that records held in memory decode (data/in_memory.py) while the network builds.
+    batches = train_batches(data["train"], hp, worker, gpus=mx.context.num_gpus())
     contexts = devices(mx.context.num_gpus())
     model_channel = config.channels.get("model")
     weights = data["train"].positive_weights if hp.use_weighted_loss else None
@@ -233,7 +235,7 @@ def train(
     try:
         fit(
             learner,
-            train_batches(data["train"], hp, worker, gpus=mx.context.num_gpus()),
+            batches,
             lambda: classification_metrics(hp.top_k, hp.multi_label, hp.num_classes),
             hooks,
             range(first_epoch, hp.epochs),
