@@ -118,12 +118,11 @@ def test_export_leaves_the_training_network_as_it_was(tmp_path, hybridized):
 )
 def test_export_during_training_writes_the_weights_of_that_moment(tmp_path, devices):
     # A float32 network with a copy on the CPU is exported as it is; one on other devices
-    # (GPU stand-ins) through a CPU copy. Either way the file holds the weights at export,
-    # as plain MXNet loads them, and training goes on from the same weights after it.
-    net = _trained_like()
-    weights = {name: p.data().asnumpy() for name, p in net.collect_params().items()}
+    # (GPU stand-ins) through a CPU copy. Either way MXNet's Module finds in each file the
+    # weights of the moment it was written, before and after an update.
     net = _trained_like()
     net.collect_params().reset_ctx(devices)
+    weights = {name: p.data(devices[0]).asnumpy() for name, p in net.collect_params().items()}
     net.hybridize(static_alloc=True, static_shape=True)
     trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.5})
     x = _pixels()

@@ -75,12 +75,12 @@ def _float32_cpu_network(
 
     Parameter names are deterministic, so the copy's match `net`'s.
     """
-    params = net.collect_params().values()
-    if all(np.dtype(p.dtype) == np.float32 and mx.cpu() in p.list_ctx() for p in params):
+    params = net.collect_params()
+    if all(np.dtype(p.dtype) == np.float32 and mx.cpu() in p.list_ctx() for p in params.values()):
         return net
     arrays = {
         name: p.data(p.list_ctx()[0]).as_in_context(mx.cpu()).astype("float32")
-        for name, p in net.collect_params().items()
+        for name, p in params.items()
     }
     copy = build_network(
         metadata["num_layers"], metadata["num_classes"], image_shape, net.structure
