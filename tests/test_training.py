@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -198,6 +199,36 @@ def test_bad_records_fail_with_a_client_error_naming_the_file(
     assert dry_run(job, monkeypatch) == 1
     assert job.failure.startswith("ClientError:"), job.failure
     assert message in job.failure and str(job.data / "train") in job.failure
+
+
+def write_rec_with_a_non_image(path: Path, count: int, bad: int) -> None:
+    """`count` PNG records of pattern images, record `bad` holding bytes that are no image."""
+    rng = np.random.default_rng(0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = mx.recordio.MXRecordIO(str(path), "w")
+    for index, label in enumerate(balanced_labels(count, 4)):
+        header = mx.recordio.IRHeader(0, float(label), index, 0)
+        if index == bad:
+            writer.write(mx.recordio.pack(header, b"not an image at all, " * 20))
+        else:
+            image = pattern_image(label, 16, 3, rng)[:, :, ::-1].copy()
+            writer.write(mx.recordio.pack_img(header, image, img_fmt=".png"))
+    writer.close()
+
+
+@pytest.mark.parametrize("resize", [None, "20"])
+def test_a_record_that_is_no_image_fails_with_a_client_error_resize_or_not(
+    make_job, monkeypatch, resize
+) -> None:
+    """ImageRecordIter given such a record kills the job with SIGFPE, resize or not (the
+    scan used to read image headers only without resize): the scan refuses it first."""
+    job = make_job()
+    job.hyperparameters({**TINY_HYPERPARAMETERS, **({"resize": resize} if resize else {})})
+    write_rec_with_a_non_image(job.data / "train" / "train.rec", 32, bad=5)
+    assert dry_run(job, monkeypatch) == 1
+    assert job.failure.startswith("ClientError:"), job.failure
+    where = f"{job.data / 'train' / 'train.rec'}, record 5 (id 5)"
+    assert f"{where} is not an image imgcls can read" in job.failure, job.failure
 
 
 def test_wrong_num_training_samples_is_a_warning_with_both_numbers(

@@ -41,7 +41,7 @@ def total_memory() -> int:
 
 def stored_shape(stats: RecordStats, channels: int) -> tuple[int, int, int] | None:
     """(channels, height, width) shared by every record of the scan, or None when they differ
-    (or the scan did not read the sizes)."""
+    (or the channel holds no record)."""
     if not stats.min_height or (stats.min_height, stats.min_width) != (
         stats.max_height,
         stats.max_width,

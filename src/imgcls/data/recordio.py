@@ -48,10 +48,12 @@ def scan_records(
     multi_label: bool = False,
     min_size: tuple[int, int] | None = None,
 ) -> RecordStats:
-    """Count the records and check every label and (when `min_size` is set) every image size.
+    """Count the records; check every label, every image's header and (when `min_size` is
+    set) every image's size.
 
     MXNet's ImageRecordIter silently accepts out-of-range labels and stretches images smaller
-    than data_shape, so both are checked here, naming the file and record.
+    than data_shape, and a record that is not an image kills its process (SIGFPE), with or
+    without resize: all are checked here, naming the file and record.
     """
     stats = RecordStats(files=files, class_counts=np.zeros(num_classes, dtype=np.int64))
     heights, widths = [], []
@@ -66,11 +68,11 @@ def scan_records(
                 stats.class_counts += labels.astype(np.int64)
             else:
                 stats.class_counts[int(labels[0])] += 1
+            height, width = image_size(image, where)
             if min_size is not None:
-                height, width = image_size(image, where)
                 _check_size(height, width, min_size, where)
-                heights.append(height)
-                widths.append(width)
+            heights.append(height)
+            widths.append(width)
             stats.count += 1
         stats.offsets.append(np.asarray(offsets, dtype=np.int64))
     stats.min_height = min(heights, default=0)
