@@ -154,10 +154,18 @@ def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(ma
     assert sum(map(sum, report["confusion_matrix"])) == 32
 
 
+def trained_arrays(model_dir: Path) -> dict[str, np.ndarray]:
+    """The trained parameters (`arg:*`) of the model folder's only .params file, by MXNet."""
+    (params,) = model_dir.glob("*.params")
+    return {k: v.asnumpy() for k, v in mx.nd.load(str(params)).items() if k.startswith("arg:")}
+
+
 def test_incremental_training_from_a_model_channel(make_job, trained) -> None:
+    """At learning_rate=0 an epoch changes no trained weight: the model written holds exactly
+    the model channel's (a network trained afresh, or weights lost on loading, would not)."""
     first, first_run = trained
     assert first_run.returncode == 0
-    second = tiny_job(make_job, "second", epochs="1", learning_rate="0.01")
+    second = tiny_job(make_job, "second", epochs="1", learning_rate="0")
     (second.data / "model").mkdir()
     (second.data / "model" / "model.tar.gz").write_bytes(
         (first.base / "output" / "model.tar.gz").read_bytes()
@@ -165,6 +173,10 @@ def test_incremental_training_from_a_model_channel(make_job, trained) -> None:
     result = second.train()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Incremental training: weights loaded" in result.stdout
+    loaded, written = trained_arrays(first.model_dir), trained_arrays(second.model_dir)
+    assert loaded.keys() == written.keys() and len(loaded) > 50
+    for name, array in loaded.items():
+        np.testing.assert_array_equal(written[name], array, err_msg=name)
     assert float(VALIDATION_ACCURACY.findall(result.stdout)[0]) >= 0.75
 
     other = tiny_job(make_job, "other", epochs="1", num_classes="5")
