@@ -95,6 +95,21 @@ def test_checkpoint_frequency_keeps_periodic_epochs_in_model_dir(make_job) -> No
     assert params == ["image-classification-0002.params", "image-classification-0004.params"]
 
 
+def expected_stop(accuracies: list[float], min_epochs: int, patience: int, tolerance: float):
+    """The epoch after which the hyperparameter table's rule stops, from the logged validation
+    accuracies: an epoch improves when it beats the best so far by at least `tolerance` of it
+    (the first always does); stop once `min_epochs` have run and the last `patience` did not."""
+    best, stale = None, 0
+    for epoch, accuracy in enumerate(accuracies):
+        improves = best is None or (
+            accuracy > best and (best == 0 or (accuracy - best) / best >= tolerance)
+        )
+        best, stale = (accuracy, 0) if improves else (best, stale + 1)
+        if epoch + 1 >= min_epochs and stale >= patience:
+            return epoch
+    return None
+
+
 def test_early_stopping_stops_when_validation_accuracy_stalls(make_job) -> None:
     # learning_rate=0 freezes the weights (BatchNorm statistics still move a little), and a 50%
     # relative tolerance leaves at most a couple of "improvements" from chance level.
@@ -109,11 +124,19 @@ def test_early_stopping_stops_when_validation_accuracy_stalls(make_job) -> None:
     )
     result = job.train()
     assert result.returncode == 0, result.stdout + result.stderr
-    epochs_run = len(VALIDATION_ACCURACY.findall(result.stdout))
-    assert 3 <= epochs_run < 12
-    assert f"Early stopping after epoch {epochs_run - 1}: no improvement for 2 epochs" in (
-        result.stdout
-    )
+    accuracies = [float(a) for a in VALIDATION_ACCURACY.findall(result.stdout)]
+    stop = expected_stop(accuracies, min_epochs=2, patience=2, tolerance=0.5)
+    assert stop == len(accuracies) - 1 < 11, accuracies
+    assert f"Early stopping after epoch {stop}: no improvement for 2 epochs" in result.stdout
+
+
+def test_the_stopping_rule_in_this_test_counts_as_the_table_says() -> None:
+    """The reference itself, on figures whose answer is worked by hand."""
+    # 0.30 -> 0.40 improves by a third (< 0.5): stale; 0.50 is +67% of 0.30: improves.
+    assert expected_stop([0.3, 0.4, 0.5, 0.5, 0.5], 2, 2, 0.5) == 4
+    assert expected_stop([0.3, 0.4, 0.4], 2, 2, 0.5) == 2
+    assert expected_stop([0.3, 0.2, 0.2], 4, 2, 0.0) is None
+    assert expected_stop([0.0, 0.1, 0.1, 0.1], 1, 2, 0.9) == 3
 
 
 def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(make_job) -> None:
