@@ -15,10 +15,12 @@ import pytest
 from conftest import TINY_HYPERPARAMETERS
 from data_support import PlatformPipe, im2rec, manifest_stream, multi_pattern_image, write_image
 
+from imgcls.config.hyperparameters import parse_hyperparameters
 from imgcls.data.labels import positive_weights
 from imgcls.data.preprocess import prepare
 from imgcls.training.loss import loss_function
 from imgcls.training.metrics import MeanAveragePrecision, MultiLabelAccuracy
+from imgcls.training.session import build_learner
 
 CLASS_RATES = (0.5, 0.3, 0.15, 0.4)
 MEAN_ACCURACY = 0.9
@@ -27,6 +29,13 @@ MEAN_ACCURACY = 0.9
 def multi_hot_labels(count: int, seed: int) -> np.ndarray:
     """Independent classes at CLASS_RATES: an imbalanced multi-label dataset."""
     return (np.random.default_rng(seed).random((count, 4)) < CLASS_RATES).astype(int)
+
+
+def rarity(labels: np.ndarray) -> np.ndarray:
+    """Each class's negatives / positives, counted in the test (every class occurs here)."""
+    positives = labels.sum(axis=0)
+    assert (positives > 0).all() and (positives < len(labels)).all()
+    return (len(labels) - positives) / positives
 
 
 def multi_label_folder(root: Path, lst: Path, labels: np.ndarray, seed: int) -> None:
@@ -67,8 +76,7 @@ def test_multi_label_images_and_packed_records_train_to_the_stated_mean_accuracy
     result = job.train()
     assert result.returncode == 0, result.stdout + result.stderr
     logged = re.search(r"positive weight per class from .*: (\[.*\])", result.stdout)
-    expected = positive_weights(train_labels.sum(axis=0), len(train_labels))
-    np.testing.assert_allclose(json.loads(logged.group(1)), expected, rtol=1e-3)
+    np.testing.assert_allclose(json.loads(logged.group(1)), rarity(train_labels), rtol=1e-3)
     accuracy = [float(v) for v in re.findall(r"Validation-accuracy=([0-9.]+)", result.stdout)]
     average_precision = re.findall(
         r"\] Epoch\[\d\] Validation-mean_average_precision=", result.stdout
@@ -102,8 +110,7 @@ def test_multi_label_manifest_stream_with_class_ids_in_pipe_mode(make_job) -> No
     result = job.train()
     assert result.returncode == 0, result.stdout + result.stderr
     logged = re.search(r"positive weight per class from .*train_0: (\[.*\])", result.stdout)
-    expected = positive_weights(labels.sum(axis=0), len(labels))
-    np.testing.assert_allclose(json.loads(logged.group(1)), expected, rtol=1e-3)
+    np.testing.assert_allclose(json.loads(logged.group(1)), rarity(labels), rtol=1e-3)
     accuracy = re.findall(r"Epoch\[2\] Train-accuracy=([0-9.]+)", result.stdout)
     assert float(accuracy[0]) >= MEAN_ACCURACY
 
@@ -167,3 +174,20 @@ def test_weighted_loss_weighs_each_class_positives_by_its_rarity() -> None:
     per_class = np.log(2) * np.array([1.0, 9.0])
     assert loss(logits, labels).asscalar() == pytest.approx(per_class.mean(), rel=1e-5)
     assert plain(logits, labels).asscalar() == pytest.approx(np.log(2), rel=1e-5)
+
+
+def test_a_weighted_multi_label_learner_trains_on_the_weighted_sigmoid_cross_entropy() -> None:
+    """The learner a job builds with use_weighted_loss=1, against the formula written here:
+    mean over classes of -(w y log sigmoid(z) + (1 - y) log(1 - sigmoid(z)))."""
+    hp = parse_hyperparameters(
+        {**TINY_HYPERPARAMETERS, "multi_label": "1", "use_weighted_loss": "1"}
+    )
+    weights = np.array([1.0, 9.0, 0.5, 3.0], dtype=np.float32)
+    learner = build_learner(hp, [mx.cpu()], None, positive_weights=lambda: weights)
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(6, 4)).astype(np.float32)
+    y = (rng.random((6, 4)) < 0.4).astype(np.float32)
+    p = 1 / (1 + np.exp(-z.astype(np.float64)))
+    expected = -(weights * y * np.log(p) + (1 - y) * np.log(1 - p)).mean(axis=1)
+    loss = learner.loss_fn(mx.nd.array(z), mx.nd.array(y)).asnumpy()
+    np.testing.assert_allclose(loss, expected, rtol=1e-5)
