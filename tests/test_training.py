@@ -88,11 +88,48 @@ def test_model_loads_with_plain_mxnet_module_as_sagemaker_notebooks_do(trained) 
         assert sorted(archive.getnames()) == files
 
 
+def module_accuracy(model_dir: Path, epoch: int, rec: Path) -> float:
+    """Accuracy on `rec` of model_dir's file for `epoch`, by MXNet's Module and ImageRecordIter."""
+    sym, arg, aux = mx.model.load_checkpoint(str(model_dir / "image-classification"), epoch)
+    module = mx.mod.Module(symbol=sym, label_names=None, context=mx.cpu())
+    module.bind(for_training=False, data_shapes=[("data", (16, 3, 16, 16))])
+    module.set_params(arg, aux)
+    records = mx.io.ImageRecordIter(path_imgrec=str(rec), data_shape=(3, 16, 16), batch_size=16)
+    right = total = 0
+    for batch in records:
+        module.forward(mx.io.DataBatch([batch.data[0]]), is_train=False)
+        predicted = module.get_outputs()[0].asnumpy().argmax(axis=1)[: 16 - batch.pad]
+        right += int((predicted == batch.label[0].asnumpy()[: 16 - batch.pad]).sum())
+        total += 16 - batch.pad
+    return right / total
+
+
 def test_checkpoint_frequency_keeps_periodic_epochs_in_model_dir(make_job) -> None:
     job = tiny_job(make_job, train=64, epochs="4", checkpoint_frequency="2", validation=0)
     assert job.train().returncode == 0
     params = sorted(p.name for p in job.model_dir.glob("*.params"))
     assert params == ["image-classification-0002.params", "image-classification-0004.params"]
+
+
+def test_each_periodic_checkpoint_holds_the_weights_of_its_epoch(make_job) -> None:
+    """Scored by MXNet's Module, file N gives the validation accuracy logged for epoch N-1."""
+    job = tiny_job(make_job, validation=48, epochs="6", checkpoint_frequency="2")
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    logged = [float(a) for a in VALIDATION_ACCURACY.findall(result.stdout)]
+    best = 1 + int(np.argmax(logged))  # the first best: later equal figures are not stored
+    files = sorted(int(p.stem[-4:]) for p in job.model_dir.glob("*.params"))
+    assert files == sorted({2, 4, 6, best}), (files, logged)
+    rec = job.data / "validation" / "validation.rec"
+    for epoch in files:
+        assert module_accuracy(job.model_dir, epoch, rec) == logged[epoch - 1], (epoch, logged)
+    # Meaningful only when an early file scores otherwise than the last (so that a file holding
+    # the final weights fails), and when every file differs from the others.
+    assert logged[1] != logged[-1], logged
+    contents = {
+        (job.model_dir / f"image-classification-{e:04d}.params").read_bytes() for e in files
+    }
+    assert len(contents) == len(files)
 
 
 def expected_stop(accuracies: list[float], min_epochs: int, patience: int, tolerance: float):
