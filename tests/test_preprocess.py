@@ -4,10 +4,11 @@ import io
 import struct
 
 import cv2
+import mxnet as mx
 import numpy as np
 import pytest
 from PIL import Image
-from serving_support import encode_jpeg, flat_png, forbid_decoding, random_image
+from serving_support import encode_jpeg, encode_png, flat_png, forbid_decoding, random_image
 
 from imgcls.data.preprocess import (
     MAX_PIXELS,
@@ -15,6 +16,7 @@ from imgcls.data.preprocess import (
     decode_image,
     image_size,
     jpeg_size,
+    prepare,
 )
 from imgcls.errors import ClientError
 
@@ -192,3 +194,32 @@ def test_the_jpeg_header_reader_accepts_no_damaged_header_that_pillow_refuses() 
                 read += 1
                 assert size == pillow_size(sample), name
     assert read > 100  # the changes that keep the framing valid were read, not all handed over
+
+
+def record_iter_pixels(data: bytes, channels: int, folder) -> np.ndarray:
+    """What training sees of `data`: MXNet's ImageRecordIter on a record holding those bytes,
+    at their own size (20x24: no resize, no crop), as CxHxW float32."""
+    path = folder / f"one-{channels}.rec"
+    writer = mx.recordio.MXRecordIO(str(path), "w")
+    writer.write(mx.recordio.pack(mx.recordio.IRHeader(0, 0.0, 0, 0), data))
+    writer.close()
+    reader = mx.io.ImageRecordIter(
+        path_imgrec=str(path), data_shape=(channels, 20, 24), batch_size=1
+    )
+    return next(iter(reader)).data[0].asnumpy()[0]
+
+
+@pytest.mark.parametrize(
+    ("source_channels", "encode", "channels"),
+    [(3, "png", 1), (3, "jpeg", 1), (1, "png", 3), (1, "jpeg", 3), (3, "jpeg", 3)],
+    ids=["rgb-png-to-grey", "rgb-jpeg-to-grey", "grey-png-to-rgb", "grey-jpeg-to-rgb", "rgb-jpeg"],
+)
+def test_the_served_pixels_of_a_converted_image_are_the_ones_training_sees(
+    tmp_path, source_channels, encode, channels
+) -> None:
+    """A colour image sent to a grey model, or a grey one to a colour model: the server's
+    conversion must give the pixels MXNet's ImageRecordIter gave the network in training."""
+    image = random_image(seed=3, channels=source_channels)
+    data = (encode_png if encode == "png" else encode_jpeg)(image)
+    served = prepare(data, (channels, 20, 24))[0]
+    np.testing.assert_array_equal(served, record_iter_pixels(data, channels, tmp_path))
