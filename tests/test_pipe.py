@@ -7,6 +7,7 @@ import io
 import re
 import threading
 import time
+from pathlib import Path
 
 import cv2
 import mxnet as mx
@@ -14,8 +15,9 @@ import numpy as np
 import pytest
 from conftest import TINY_HYPERPARAMETERS, balanced_labels, pattern_image, write_rec
 from data_support import PlatformPipe, manifest_stream, recordio_bytes
+from numpy.lib.stride_tricks import sliding_window_view
 
-from imgcls.data.augmentation import train_augmenter_args, validation_augmenter_args
+from imgcls.data.augmentation import COLOR, train_augmenter_args, validation_augmenter_args
 from imgcls.data.labels import text_label_row
 from imgcls.data.pipe.batches import PREFETCH_BATCHES, SHUFFLE_BUFFER, PipeBatches
 from imgcls.data.pipe.examples import recordio_examples
@@ -211,3 +213,74 @@ def test_streamed_images_are_cropped_as_image_record_iter_crops_them(tmp_path) -
     assert augmented.shape == (16, 16, 3) and augmented.dtype == np.uint8
     with pytest.raises(ClientError, match="x: image is 30x40 .* smaller than image_shape's 32x32"):
         augment_image(image, {}, (32, 32), rng, "x")
+
+
+def repeated_record(image: np.ndarray, count: int, path: Path) -> Path:
+    """A RecordIO file holding `count` copies of one RGB image (PNG)."""
+    writer = mx.recordio.MXRecordIO(str(path), "w")
+    for index in range(count):
+        header = mx.recordio.IRHeader(0, 0, index, 0)
+        writer.write(mx.recordio.pack_img(header, image[:, :, ::-1], img_fmt=".png"))
+    writer.close()
+    return path
+
+
+def record_iter_augmented(path: Path, count: int, **augmenter) -> np.ndarray:
+    """MXNet's own augmentation of every record: count x 16 x 16 x 3 uint8 (RGB)."""
+    reader = mx.io.ImageRecordIter(
+        path_imgrec=str(path), data_shape=(3, 16, 16), batch_size=count, **augmenter
+    )
+    return reader.next().data[0].asnumpy().transpose(0, 2, 3, 1).astype(np.uint8)
+
+
+def window_of(windows: np.ndarray, image: np.ndarray) -> tuple[int, int, bool] | None:
+    """(top, left, mirrored) of the window that `image` is, or None."""
+    for mirrored in (False, True):
+        hits = np.argwhere((windows == (image[:, ::-1] if mirrored else image)).all(axis=(2, 3, 4)))
+        if len(hits):
+            return int(hits[0][0]), int(hits[0][1]), mirrored
+    return None
+
+
+def test_streamed_random_crops_and_mirrors_are_windows_as_image_record_iters_are(tmp_path) -> None:
+    """Pipe mode's crop and mirror, beside MXNet's on the same image: every output of either is
+    a 16x16 window of it, or its mirror, and both reach every edge and both mirror states."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)
+    crop = {"rand_crop": True, "rand_mirror": True}
+    native = record_iter_augmented(repeated_record(image, 300, tmp_path / "i.rec"), 300, **crop)
+    ours = [augment_image(image, crop, (16, 16), rng, "x") for _ in range(300)]
+    windows = sliding_window_view(image, (16, 16, 3))[:, :, 0]
+    for outputs in (native, ours):
+        places = [window_of(windows, output) for output in outputs]
+        assert None not in places
+        tops, lefts, mirrored = zip(*places, strict=True)
+        assert (min(tops), max(tops), min(lefts), max(lefts)) == (0, 14, 0, 24)
+        assert 100 < sum(mirrored) < 200
+
+
+@pytest.mark.parametrize(("key", "channel"), [("random_h", 0), ("random_l", 1), ("random_s", 2)])
+def test_streamed_colour_offsets_are_ones_image_record_iter_draws(tmp_path, key, channel) -> None:
+    """Each output, Pipe mode's or MXNet's, is the image with one offset added to one HLS
+    channel (clipped as OpenCV's HLS range is), the offset within the table's bound."""
+    bound = COLOR[key]
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    hls = cv2.cvtColor(image, cv2.COLOR_RGB2HLS).astype(np.int16)
+    family = {}
+    for offset in range(-bound, bound + 1):
+        moved = hls.copy()
+        moved[:, :, channel] += offset
+        clipped = np.clip(moved, 0, [180, 255, 255]).astype(np.uint8)
+        family[offset] = cv2.cvtColor(clipped, cv2.COLOR_HLS2RGB)
+    native = record_iter_augmented(
+        repeated_record(image, 200, tmp_path / "c.rec"), 200, **{key: bound}
+    )
+    ours = [augment_image(image, {key: bound}, (16, 16), rng, "x") for _ in range(200)]
+    for outputs in (native, ours):
+        offsets = [
+            next((o for o, f in family.items() if np.array_equal(f, output)), None)
+            for output in outputs
+        ]
+        assert None not in offsets
+        assert min(offsets) < -0.8 * bound and max(offsets) > 0.8 * bound, offsets
