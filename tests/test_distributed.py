@@ -19,6 +19,8 @@ import pytest
 from conftest import SCRIPTS, TINY_HYPERPARAMETERS, Job, balanced_labels
 from serving_support import export_tiny_model
 
+from imgcls.model.networks import build_network
+
 DIGEST = re.compile(r"Final trainable parameters digest: ([0-9a-f]{64})")
 VALIDATION = re.compile(r"Epoch\[(\d+)\] Validation-accuracy=([0-9.]+)")
 
@@ -104,7 +106,8 @@ def finish(processes: list[subprocess.Popen], timeout: float = 150) -> list[str]
     return outputs
 
 
-@pytest.mark.parametrize("hosts", [2, 3])
+# Three hosts: two are the other dist_sync tests' case, one of them with an exact reference.
+@pytest.mark.parametrize("hosts", [3])
 def test_dist_sync_gives_identical_weights_and_only_the_leader_writes_the_model(
     tmp_path, hosts
 ) -> None:
@@ -188,6 +191,62 @@ def test_one_dist_sync_update_of_two_hosts_equals_one_host_with_the_global_batch
     cosine = distributed @ one_host / (np.linalg.norm(distributed) * np.linalg.norm(one_host))
     assert 0.8 <= ratio <= 1.25, (ratio, cosine)
     assert cosine >= 0.9, (ratio, cosine)
+
+
+def with_model_channel(job: Job, model: Path) -> Job:
+    (job.data / "model").mkdir()
+    for file in model.parent.iterdir():
+        (job.data / "model" / file.name).write_bytes(file.read_bytes())
+    return job
+
+
+def test_one_dist_async_update_per_host_is_the_sum_of_their_own_updates(tmp_path) -> None:
+    """Two hosts, each one SGD update on its own shard of 32 records: the servers apply both,
+    so the model (and every host, which reads the servers' weights at the epoch's end) moved
+    as far as the two single-host jobs on those shards moved, added. A host that kept only its
+    own last pull would miss the other's update."""
+    start_model = export_tiny_model(tmp_path / "start", num_classes=4)
+    settings = {
+        **TINY_HYPERPARAMETERS,
+        "epochs": "1",
+        "num_training_samples": "64",
+        "mini_batch_size": "32",
+        "optimizer": "sgd",
+        "learning_rate": "0.05",
+        "momentum": "0",
+        "weight_decay": "0",
+    }
+    sharded = {"ContentType": "application/x-recordio", "S3DistributionType": "ShardedByS3Key"}
+    hosts = ["algo-1", "algo-2"]
+    jobs, singles = [], []
+    for index, host in enumerate(hosts):
+        job = Job(tmp_path / host).hyperparameters({**settings, "kv_store": "dist_async"})
+        model = {"ContentType": "application/x-sagemaker-model"}
+        job.input_data_config({"train": sharded, "model": model})
+        job.rec_channel("train", balanced_labels(32, 4), seed=index)
+        (job.config / "resourceconfig.json").write_text(
+            json.dumps({"current_host": host, "hosts": hosts})
+        )
+        jobs.append(with_model_channel(job, start_model))
+        single = Job(tmp_path / f"single-{host}").hyperparameters(settings)
+        single.rec_channel("train", balanced_labels(32, 4), seed=index)
+        singles.append(with_model_channel(single, start_model))
+    outputs = finish(start(jobs, free_port_pair()))
+    assert len({DIGEST.search(out).group(1) for out in outputs}) == 1, outputs[0][-3000:]
+    for single in singles:
+        assert single.train().returncode == 0, single.failure
+    before = mx.nd.load(str(start_model))
+    first, second = (mx.nd.load(str(next(s.model_dir.glob("*.params")))) for s in singles)
+    model = mx.nd.load(str(next(jobs[0].model_dir.glob("*.params"))))
+    # The input BatchNorm's gamma is no trained parameter (scale=False): loading sets it to 1.
+    net = build_network(20, 4, (3, 16, 16))
+    trained = [f"arg:{n}" for n, p in net.collect_params().items() if p.grad_req != "null"]
+    assert len(trained) > 50 and set(trained) <= set(model)
+    for name in trained:
+        added = (first[name] - before[name]) + (second[name] - before[name])
+        moved = model[name] - before[name]
+        np.testing.assert_allclose(moved.asnumpy(), added.asnumpy(), rtol=1e-4, atol=1e-7)
+    assert not job_processes(jobs)
 
 
 def test_dist_async_completes_and_learns(tmp_path) -> None:

@@ -210,7 +210,8 @@ class EpochHooks:
     """What the job does between epochs; `after_epoch` returns True to stop early;
     `after_validation` gets each epoch's validation accuracy; `validation_counts` is updated
     by each validation pass (summed over hosts); `record` gets each epoch's figures (its
-    training stats and validation metrics) before `after_epoch`."""
+    training stats and validation metrics) before `after_epoch`; `after_training` runs when
+    the epoch's training is done, before validation."""
 
     validation_batches: Callable[[], mx.io.DataIter] | None
     after_epoch: Callable[[int, float | None], bool]
@@ -218,6 +219,7 @@ class EpochHooks:
     after_validation: Callable[[int, float], None] | None = None
     validation_counts: mx.metric.EvalMetric | None = None
     record: Callable[[int, EpochStats, list[tuple[str, float]] | None], None] | None = None
+    after_training: Callable[[], None] | None = None
 
 
 def fit(
@@ -240,6 +242,8 @@ def fit(
             hooks.aggregate(stats.loss)
             stats.metrics = train_metrics.get_name_value()
         log_epoch(epoch, stats)
+        if hooks.after_training is not None:
+            hooks.after_training()
         accuracy, values = None, None
         if hooks.validation_batches is not None:
             counts = hooks.validation_counts

@@ -26,6 +26,7 @@ from imgcls.training.distributed.worker import (
     aggregate_metrics,
     agree_on_batches,
     parameters_digest,
+    pull_current_weights,
     worker_context,
 )
 from imgcls.training.early_stopping import EarlyStopping
@@ -229,6 +230,11 @@ def train(
         after_validation=after_validation(check, learner, aggregate) if check else None,
         validation_counts=counts,
         record=history.recorder(learner.trainer, counts),
+        after_training=(
+            (lambda: pull_current_weights(learner.trainer, worker.collective))
+            if worker is not None and not worker.synchronous
+            else None
+        ),
     )
     stop = StopRequest()
     stop.install()

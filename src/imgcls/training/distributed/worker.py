@@ -76,6 +76,20 @@ def agree_on_batches(batches: int, collective: Collective) -> int:
     return agreed
 
 
+def pull_current_weights(trainer: mx.gluon.Trainer, collective: Collective) -> None:
+    """dist_async, at an epoch's end: once every host has finished the epoch (the collective),
+    read the parameter servers' weights into this host's network. Each host otherwise holds
+    what its own last pull returned, so its validation and the model would miss the updates
+    other hosts pushed after it."""
+    collective.allreduce([0.0])
+    # Gluon's Trainer has no public pull: its kvstore keys each parameter by `_param2idx`.
+    for parameter in trainer._params:
+        if parameter.grad_req != "null":
+            key = trainer._param2idx[parameter.name]
+            trainer._kvstore.pull(key, out=parameter.list_data(), priority=-key)
+    mx.nd.waitall()
+
+
 def parameters_digest(net: mx.gluon.Block) -> str:
     """A SHA-256 of the trainable parameters: equal on all workers after dist_sync training.
 
