@@ -233,6 +233,7 @@ def test_one_dist_async_update_per_host_is_the_sum_of_their_own_updates(tmp_path
         singles.append(with_model_channel(single, start_model))
     outputs = finish(start(jobs, free_port_pair()))
     assert len({DIGEST.search(out).group(1) for out in outputs}) == 1, outputs[0][-3000:]
+    assert not any("num_training_samples=" in out for out in outputs)  # 2 shards x 32 = 64
     for single in singles:
         assert single.train().returncode == 0, single.failure
     before = mx.nd.load(str(start_model))

@@ -4,6 +4,7 @@ simulated hosts as threads around the real iterators, and one real 2-host job.""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from imgcls.config.channels import Channel
 from imgcls.config.environment import ChannelConfig
 from imgcls.config.hyperparameters import parse_hyperparameters
 from imgcls.data.loaders import load_channel, validation_iter
-from imgcls.training.distributed.worker import WorkerContext
+from imgcls.log import logger
+from imgcls.training.distributed.worker import WorkerContext, check_sharded_sample_count
 from imgcls.training.session import train_batches
 
 BATCH = 8
@@ -224,6 +226,7 @@ def test_a_two_host_sharded_job_with_unequal_shards_finishes(tmp_path) -> None:
         assert not (job.base / "output" / "failure").exists()
         # 96 / 16 = 6 batches for the bigger shard; the smaller one's 2 are stretched to 6.
         assert "Training batches per epoch: 6 on every host" in out
+        assert "num_training_samples=" not in out  # 96 + 32: the hosts' shards together
     assert not job_processes(jobs)
 
 
@@ -240,3 +243,40 @@ def test_pipe_mode_on_several_hosts_is_refused_naming_the_setting(tmp_path) -> N
     assert result.returncode != 0
     assert job.failure.startswith("ClientError: Pipe mode on several hosts")
     assert "TrainingInputMode" in job.failure and "InstanceCount=1" in job.failure
+
+
+class Messages(logging.Handler):
+    """The messages logged while it is attached."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.mark.parametrize("stated", [128, 100])
+def test_num_training_samples_is_checked_against_every_hosts_shard_together(stated) -> None:
+    """Sharded hosts hold 96 and 32 images: 128 in all is what num_training_samples counts."""
+    collectives, messages = Collectives(2), Messages()
+    logger.addHandler(messages)
+    try:
+        hosts = [
+            threading.Thread(
+                target=check_sharded_sample_count, args=(stated, count, collectives.host(index))
+            )
+            for index, count in enumerate([96, 32])
+        ]
+        for host in hosts:
+            host.start()
+        for host in hosts:
+            host.join(HOST_TIMEOUT_SECONDS)
+    finally:
+        logger.removeHandler(messages)
+    warnings = [line for line in messages.lines if "num_training_samples" in line]
+    if stated == 128:
+        assert warnings == []
+    else:
+        expected = "num_training_samples=100 but the hosts' shards of the train channel hold 128"
+        assert len(warnings) == 2 and all(w.startswith(expected) for w in warnings), warnings

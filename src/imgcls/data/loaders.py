@@ -98,6 +98,11 @@ class ChannelData:
             return self.pipe.positive_weights()
         return positive_weights(self.class_counts, self.count)
 
+    @property
+    def is_sharded(self) -> bool:
+        """True for a ShardedByS3Key channel: each host holds its own files."""
+        return self.distribution == SHARDED_BY_S3_KEY
+
     def part(self, num_hosts: int, host_index: int) -> tuple[int, int]:
         """(num_parts, part_index) for ImageRecordIter on this host: ShardedByS3Key channels
         hold only this host's records already; FullyReplicated ones are split by host."""

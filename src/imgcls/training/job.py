@@ -40,7 +40,7 @@ def run_training(
         return _launch_host(config)
     data = load_channels(paths, config.channels, config.hp)
     if not data["train"].is_pipe:
-        _check_training_counts(config.hp, data["train"])
+        _check_training_counts(config.hp, data["train"], config.resources.is_distributed)
     if dry_run:
         _log_summary(config, data)
         return 0
@@ -94,21 +94,19 @@ def _launch_host(config: JobConfig) -> int:
     return run_host(cluster, kv_store)
 
 
-def _check_training_counts(hp: Hyperparameters, train: ChannelData) -> None:
+def _check_training_counts(hp: Hyperparameters, train: ChannelData, several_hosts: bool) -> None:
+    """Enough images for a batch; the count num_training_samples states (on several hosts with
+    ShardedByS3Key, the hosts' shards together: the worker checks that, session.train)."""
     if train.count < hp.mini_batch_size:
         raise ClientError(
             f"The train channel ({train.folder}) has {train.count} images, "
             f"fewer than mini_batch_size="
             f"{hp.mini_batch_size}. Add images or lower mini_batch_size."
         )
-    if train.count != hp.num_training_samples:
-        logger.warning(
-            "num_training_samples=%d but the train channel holds %d images: the learning-rate "
-            "schedule follows num_training_samples. Set it to %d to silence this warning.",
-            hp.num_training_samples,
-            train.count,
-            train.count,
-        )
+    if not (several_hosts and train.is_sharded):
+        from imgcls.training.schedule import check_sample_count
+
+        check_sample_count(hp.num_training_samples, train.count, "the train channel holds")
 
 
 def _log_summary(config: JobConfig, data: dict[str, ChannelData]) -> None:

@@ -12,6 +12,7 @@ import math
 import mxnet as mx
 
 from imgcls.config.hyperparameters import Hyperparameters
+from imgcls.log import logger
 
 
 def lr_scheduler(
@@ -81,3 +82,17 @@ def continue_schedule(optimizer: mx.optimizer.Optimizer, updates_done: int) -> N
 def updates_per_epoch(num_training_samples: int, global_batch: int) -> int:
     """Iterations per epoch as the built-in algorithm derives them: from num_training_samples."""
     return max(1, math.ceil(num_training_samples / global_batch))
+
+
+def check_sample_count(num_training_samples: int, count: int, holder: str) -> None:
+    """Warn when the training images (`holder` holds `count`) are not num_training_samples,
+    which the schedule counts its epochs' updates from."""
+    if count != num_training_samples:
+        logger.warning(
+            "num_training_samples=%d but %s %d images: the learning-rate schedule follows "
+            "num_training_samples. Set it to %d to silence this warning.",
+            num_training_samples,
+            holder,
+            count,
+            count,
+        )

@@ -25,6 +25,7 @@ from imgcls.training.distributed.worker import (
     WorkerContext,
     aggregate_metrics,
     agree_on_batches,
+    check_sharded_sample_count,
     parameters_digest,
     pull_current_weights,
     worker_context,
@@ -147,6 +148,8 @@ def train(
     classes = read_class_names(config.channels["train"].path, hp.num_classes)
     metadata = {**settings, "classes": classes}  # class names when the job has classes.json
     worker = worker_context()
+    if worker is not None and data["train"].is_sharded:
+        check_sharded_sample_count(hp.num_training_samples, data["train"].count, worker.collective)
     # First, so that records held in memory decode (data/in_memory.py) while the network builds.
     batches = train_batches(data["train"], hp, worker, gpus=mx.context.num_gpus())
     contexts = devices(mx.context.num_gpus())

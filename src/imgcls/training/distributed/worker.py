@@ -13,6 +13,7 @@ import numpy as np
 from imgcls.log import logger
 from imgcls.training.distributed.coordinator import Collective
 from imgcls.training.distributed.launch import HOST_INDEX_ENV, WORKER_ENV
+from imgcls.training.schedule import check_sample_count
 
 CONNECT_TIMEOUT_SECONDS = 120.0
 
@@ -74,6 +75,12 @@ def agree_on_batches(batches: int, collective: Collective) -> int:
         batches,
     )
     return agreed
+
+
+def check_sharded_sample_count(num_training_samples: int, count: int, collective) -> None:
+    """ShardedByS3Key: num_training_samples counts every host's shard; this host holds `count`."""
+    total = int(collective.allreduce([count])[0])
+    check_sample_count(num_training_samples, total, "the hosts' shards of the train channel hold")
 
 
 def pull_current_weights(trainer: mx.gluon.Trainer, collective: Collective) -> None:
