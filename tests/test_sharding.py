@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import mxnet as mx
+import numpy as np
 import pytest
 from conftest import TINY_HYPERPARAMETERS, Job, balanced_labels, write_rec
 from test_distributed import finish, free_port_pair, job_processes, start
@@ -19,7 +20,7 @@ from imgcls.config.hyperparameters import parse_hyperparameters
 from imgcls.data.loaders import load_channel, validation_iter
 from imgcls.log import logger
 from imgcls.training.distributed.worker import WorkerContext, check_sharded_sample_count
-from imgcls.training.session import train_batches
+from imgcls.training.session import loss_weights, train_batches
 
 BATCH = 8
 EPOCHS = 3
@@ -280,3 +281,35 @@ def test_num_training_samples_is_checked_against_every_hosts_shard_together(stat
     else:
         expected = "num_training_samples=100 but the hosts' shards of the train channel hold 128"
         assert len(warnings) == 2 and all(w.startswith(expected) for w in warnings), warnings
+
+
+def test_sharded_hosts_weigh_the_multi_label_loss_by_every_shards_labels_together(
+    tmp_path,
+) -> None:
+    """use_weighted_loss=1 on two ShardedByS3Key hosts: each host's weights are negatives /
+    positives counted here over both shards' labels, not over its own shard's."""
+    rng = np.random.default_rng(5)
+    shards = [(rng.random((40, 4)) < [0.5, 0.2, 0.3, 0.6]).astype(int) for _ in range(2)]
+    shards[1][:, 1] = 0  # class 1 is seen only by host 0: its own weights would differ most
+    hp = parse_hyperparameters(
+        {
+            **TINY_HYPERPARAMETERS,
+            "num_training_samples": "80",
+            "multi_label": "1",
+            "use_weighted_loss": "1",
+        }
+    )
+    collectives = Collectives(2)
+
+    def host(index: int) -> np.ndarray:
+        folder = tmp_path / f"host{index}" / "train"
+        write_rec(folder / "train.rec", shards[index].tolist(), seed=index)
+        data = load_channel(channel(folder, "ShardedByS3Key"), hp, folder.parent)
+        worker = WorkerContext("dist_sync", index, 2, collectives.host(index))
+        return loss_weights(hp, data, worker)()
+
+    everything = np.concatenate(shards)
+    positives = everything.sum(axis=0)
+    expected = (len(everything) - positives) / positives
+    for weights in run_hosts(host, 2):
+        np.testing.assert_allclose(weights, expected, rtol=1e-6)

@@ -28,6 +28,7 @@ from imgcls.training.distributed.worker import (
     check_sharded_sample_count,
     parameters_digest,
     pull_current_weights,
+    shards_positive_weights,
     worker_context,
 )
 from imgcls.training.early_stopping import EarlyStopping
@@ -154,7 +155,7 @@ def train(
     batches = train_batches(data["train"], hp, worker, gpus=mx.context.num_gpus())
     contexts = devices(mx.context.num_gpus())
     model_channel = config.channels.get("model")
-    weights = data["train"].positive_weights if hp.use_weighted_loss else None
+    weights = loss_weights(hp, data["train"], worker)
     learner = build_learner(
         hp, contexts, model_channel.path if model_channel else None, worker, weights
     )
@@ -269,6 +270,19 @@ def train(
             paths.output_data_dir, history, paths.model_dir, inputs, hand_over
         ),
     )
+
+
+def loss_weights(
+    hp: Hyperparameters, train: ChannelData, worker: WorkerContext | None
+) -> Callable[[], np.ndarray] | None:
+    """use_weighted_loss=1: the positives' weights of the train channel (on several hosts with
+    ShardedByS3Key, of every host's shard together); else None."""
+    if not hp.use_weighted_loss:
+        return None
+    if worker is None or not train.is_sharded:
+        return train.positive_weights
+    shared = shards_positive_weights(train.count, train.class_counts, worker.collective)
+    return lambda: shared
 
 
 def _part(data: ChannelData, worker: WorkerContext | None) -> tuple[int, int]:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import mxnet as mx
 import numpy as np
 
+from imgcls.data.labels import log_positive_weights, positive_weights
 from imgcls.log import logger
 from imgcls.training.distributed.coordinator import Collective
 from imgcls.training.distributed.launch import HOST_INDEX_ENV, WORKER_ENV
@@ -81,6 +82,17 @@ def check_sharded_sample_count(num_training_samples: int, count: int, collective
     """ShardedByS3Key: num_training_samples counts every host's shard; this host holds `count`."""
     total = int(collective.allreduce([count])[0])
     check_sample_count(num_training_samples, total, "the hosts' shards of the train channel hold")
+
+
+def shards_positive_weights(count: int, class_counts: np.ndarray, collective) -> np.ndarray:
+    """ShardedByS3Key, use_weighted_loss=1: each class's positive weight from every host's
+    shard together (this host holds `count` images, `class_counts` positives per class), so
+    that every host weighs its loss alike; logged."""
+    totals = collective.allreduce([count, *class_counts.tolist()])
+    total = int(totals[0])
+    weights = positive_weights(np.asarray(totals[1:]), total)
+    log_positive_weights(weights, f"the {total} images of 'train' on all hosts")
+    return weights
 
 
 def pull_current_weights(trainer: mx.gluon.Trainer, collective: Collective) -> None:
