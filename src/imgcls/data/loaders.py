@@ -106,7 +106,7 @@ class ChannelData:
     def part(self, num_hosts: int, host_index: int) -> tuple[int, int]:
         """(num_parts, part_index) for ImageRecordIter on this host: ShardedByS3Key channels
         hold only this host's records already; FullyReplicated ones are split by host."""
-        if self.distribution == SHARDED_BY_S3_KEY:
+        if self.is_sharded:
             return 1, 0
         return num_hosts, host_index
 

@@ -78,13 +78,17 @@ def agree_on_batches(batches: int, collective: Collective) -> int:
     return agreed
 
 
-def check_sharded_sample_count(num_training_samples: int, count: int, collective) -> None:
+def check_sharded_sample_count(
+    num_training_samples: int, count: int, collective: Collective
+) -> None:
     """ShardedByS3Key: num_training_samples counts every host's shard; this host holds `count`."""
     total = int(collective.allreduce([count])[0])
     check_sample_count(num_training_samples, total, "the hosts' shards of the train channel hold")
 
 
-def shards_positive_weights(count: int, class_counts: np.ndarray, collective) -> np.ndarray:
+def shards_positive_weights(
+    count: int, class_counts: np.ndarray, collective: Collective
+) -> np.ndarray:
     """ShardedByS3Key, use_weighted_loss=1: each class's positive weight from every host's
     shard together (this host holds `count` images, `class_counts` positives per class), so
     that every host weighs its loss alike; logged."""
