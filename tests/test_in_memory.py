@@ -200,3 +200,18 @@ def test_uint8_batches_are_cast_on_each_device_and_train_as_float32_does() -> No
             np.testing.assert_array_equal(
                 param.data(context).asnumpy(), expected.data(context).asnumpy()
             )
+
+
+def test_skipped_epochs_leave_the_next_epoch_as_a_straight_run_gives_it(tmp_path) -> None:
+    """A resumed job skips its finished epochs: the epoch after is the straight run's third."""
+    straight = channel_batches(tmp_path / "a", "crop")
+    third = [epoch(straight) for _ in range(3)][-1]
+    resumed = channel_batches(tmp_path / "b", "crop")
+    resumed.skip_epochs(2)
+    again = epoch(resumed)
+    assert [label for label, _ in again] == [label for label, _ in third]
+    for (_, image), (_, expected) in zip(again, third, strict=True):
+        np.testing.assert_array_equal(image, expected)
+    assert [label for label, _ in epoch(channel_batches(tmp_path / "c", "crop"))] != [
+        label for label, _ in third
+    ]

@@ -177,7 +177,11 @@ def test_the_stopping_rule_in_this_test_counts_as_the_table_says() -> None:
 
 
 def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(make_job) -> None:
-    job = tiny_job(make_job, train=256, validation=32, epochs="4", mini_batch_size="32")
+    """The reference is the same job run straight through: the interrupted and resumed one
+    must end with the same model, byte for byte (weights, optimizer state, schedule, and the
+    random crops of the records held in memory all go on where they stopped)."""
+    settings = {"epochs": "4", "mini_batch_size": "32", "augmentation_type": "crop"}
+    job = tiny_job(make_job, train=256, validation=32, **settings)
     process = subprocess.Popen(
         [sys.executable, str(SCRIPTS / "train")],
         env={**__import__("os").environ, "SAGEMAKER_BASE_DIR": str(job.base)},
@@ -212,6 +216,18 @@ def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(ma
     report = json.loads((job.base / "output" / "data" / "report.json").read_text())
     assert [e["epoch"] for e in report["epochs"]] == [0, 1, 2, 3]
     assert sum(map(sum, report["confusion_matrix"])) == 32
+    straight = tiny_job(make_job, "straight", train=256, validation=32, **settings)
+    straight_run = straight.train()
+    assert straight_run.returncode == 0, straight_run.stdout
+    figures = re.compile(r"Epoch\[\d+\] (?:Train|Validation)-accuracy=[0-9.]+")
+    logged = figures.findall("".join(seen) + rest)[: 2 * resumed_at] + figures.findall(
+        result.stdout
+    )
+    assert logged == figures.findall(straight_run.stdout)
+    kept = sorted(p.name for p in job.model_dir.glob("*.params"))
+    assert kept == sorted(p.name for p in straight.model_dir.glob("*.params"))
+    for name in kept:
+        assert (job.model_dir / name).read_bytes() == (straight.model_dir / name).read_bytes()
 
 
 def trained_arrays(model_dir: Path) -> dict[str, np.ndarray]:

@@ -140,6 +140,12 @@ class InMemoryBatches(mx.io.DataIter):
     def reset(self) -> None:
         self.served = 0
 
+    def skip_epochs(self, epochs: int) -> None:
+        """Draw what `epochs` epochs draw, computing no batch: a resumed job then augments its
+        next epochs exactly as the job it continues would have."""
+        for _ in range(epochs * self.batches):
+            self._draw_windows(self._next_records().size)
+
     def next(self) -> mx.io.DataBatch:
         if self.served == self.batches:
             raise StopIteration
@@ -160,7 +166,14 @@ class InMemoryBatches(mx.io.DataIter):
     def _windows(self, chosen: np.ndarray) -> np.ndarray:
         """One crop window per chosen image (mirrored at random with `random_crop`), gathered
         for the whole batch at once from a view of every window of every image."""
-        count = chosen.size
+        top, left, mirror = self._draw_windows(chosen.size)
+        windows = np.lib.stride_tricks.sliding_window_view(self.pixels, self.crop, axis=(2, 3))
+        batch = windows[chosen, :, top, left]  # N x C x h x w
+        batch[mirror] = batch[mirror, :, :, ::-1]
+        return batch
+
+    def _draw_windows(self, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(top, left, mirrored) of `count` windows: random with `random_crop`, else centred."""
         height, width = self.pixels.shape[2:]
         h, w = self.crop
         if self.random_crop:
@@ -171,7 +184,4 @@ class InMemoryBatches(mx.io.DataIter):
             top = np.full(count, (height - h) // 2)
             left = np.full(count, (width - w) // 2)
             mirror = np.zeros(count, dtype=bool)
-        windows = np.lib.stride_tricks.sliding_window_view(self.pixels, (h, w), axis=(2, 3))
-        batch = windows[chosen, :, top, left]  # N x C x h x w
-        batch[mirror] = batch[mirror, :, :, ::-1]
-        return batch
+        return top, left, mirror

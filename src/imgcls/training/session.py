@@ -15,6 +15,7 @@ from imgcls.config.environment import Paths, runs_on_managed_platform
 from imgcls.config.hyperparameters import Hyperparameters
 from imgcls.config.job import JobConfig
 from imgcls.data.class_folders import read_class_names
+from imgcls.data.in_memory import InMemoryBatches
 from imgcls.data.loaders import ChannelData, local_batches, train_iter, validation_iter
 from imgcls.errors import TrainingInterrupted
 from imgcls.log import logger
@@ -185,6 +186,8 @@ def train(
     first_epoch = restore(
         resume, learner, checkpoints, early, job_updates_per_epoch(hp, worker), history
     )
+    if isinstance(batches, InMemoryBatches):
+        batches.skip_epochs(first_epoch)
     if first_epoch >= hp.epochs:
         logger.info("The resumed job had finished training: nothing is retrained.")
 
