@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
+from pathlib import Path
 
 import mxnet as mx
 import numpy as np
@@ -281,4 +283,36 @@ def test_a_job_with_every_extension_early_stopping_and_checkpoints(make_job, mul
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Epoch[0] Validation-accuracy=" in result.stdout
     assert "Validation-endpoint_accuracy" not in result.stdout  # 16x16 images: nothing differs
-    assert list(job.model_dir.glob("image-classification-*.params"))
+    # Each model file, scored by MXNet's Module over ImageRecordIter with the accuracy written
+    # here, gives the validation accuracy logged for its epoch; the best one is among them.
+    logged = [float(a) for a in re.findall(r"Validation-accuracy=([0-9.]+)", result.stdout)]
+    rec = job.data / "validation" / "validation.rec"
+    files = sorted(int(p.stem[-4:]) for p in job.model_dir.glob("image-classification-*.params"))
+    assert 1 + int(np.argmax(logged)) in files
+    for epoch in files:
+        scored = module_accuracy(job.model_dir, epoch, rec, multi_label == "1")
+        assert scored == pytest.approx(logged[epoch - 1], abs=1e-6), (epoch, logged)
+
+
+def module_accuracy(model_dir: Path, epoch: int, rec: Path, multi_label: bool) -> float:
+    """Plain MXNet's accuracy of a model file on `rec`: the argmax's, or the mean over classes
+    of (probability > 0.5) == label for multi-label models."""
+    sym, args, auxs = mx.model.load_checkpoint(str(model_dir / "image-classification"), epoch)
+    module = mx.mod.Module(sym, label_names=None, context=mx.cpu())
+    module.bind(data_shapes=[("data", (16, 3, 16, 16))], for_training=False)
+    module.set_params(args, auxs)
+    width = 4 if multi_label else 1
+    reader = mx.io.ImageRecordIter(
+        path_imgrec=str(rec), data_shape=(3, 16, 16), batch_size=16, label_width=width
+    )
+    rights = []
+    for batch in reader:
+        module.forward(mx.io.DataBatch([batch.data[0]]), is_train=False)
+        valid = 16 - batch.pad
+        scores = module.get_outputs()[0].asnumpy()[:valid]
+        labels = batch.label[0].asnumpy()[:valid]
+        if multi_label:
+            rights.append(((scores > 0.5) == (labels > 0.5)).ravel())
+        else:
+            rights.append(scores.argmax(axis=1) == labels)
+    return float(np.concatenate(rights).mean())
