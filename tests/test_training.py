@@ -179,8 +179,13 @@ def test_the_stopping_rule_in_this_test_counts_as_the_table_says() -> None:
 def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(make_job) -> None:
     """The reference is the same job run straight through: the interrupted and resumed one
     must end with the same model, byte for byte (weights, optimizer state, schedule, and the
-    random crops of the records held in memory all go on where they stopped)."""
-    settings = {"epochs": "4", "mini_batch_size": "32", "augmentation_type": "crop"}
+    random crops of the records held in memory and mixup's pairs all go on where they stopped)."""
+    settings = {
+        "epochs": "4",
+        "mini_batch_size": "32",
+        "augmentation_type": "crop",
+        "mixup_alpha": "0.2",
+    }
     job = tiny_job(make_job, train=256, validation=32, **settings)
     process = subprocess.Popen(
         [sys.executable, str(SCRIPTS / "train")],

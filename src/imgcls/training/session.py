@@ -187,7 +187,7 @@ def train(
         resume, learner, checkpoints, early, job_updates_per_epoch(hp, worker), history
     )
     if isinstance(batches, InMemoryBatches):
-        batches.skip_epochs(first_epoch)
+        replay_random_draws(batches, learner, first_epoch, hp.mini_batch_size)
     if first_epoch >= hp.epochs:
         logger.info("The resumed job had finished training: nothing is retrained.")
 
@@ -273,6 +273,17 @@ def train(
             paths.output_data_dir, history, paths.model_dir, inputs, hand_over
         ),
     )
+
+
+def replay_random_draws(
+    batches: InMemoryBatches, learner: Learner, epochs: int, batch_size: int
+) -> None:
+    """A resumed job whose records are held in memory: draw the crops, the record order and
+    mixup's pairs of the `epochs` already trained, so that the next epochs are the ones the
+    uninterrupted job would have trained."""
+    batches.skip_epochs(epochs)
+    if learner.targets is not None:
+        learner.targets.skip_batches(epochs * batches.batches, batch_size)
 
 
 def loss_weights(

@@ -37,6 +37,13 @@ class SoftTargets:
             )
         return data, self.smooth(targets)
 
+    def skip_batches(self, count: int, batch_size: int) -> None:
+        """Draw what `count` batches of `batch_size` draw, mixing nothing (a resumed job)."""
+        if self.mixup_alpha > 0:
+            for _ in range(count):
+                self.rng.beta(self.mixup_alpha, self.mixup_alpha)
+                self.rng.permutation(batch_size)
+
     def dense(self, label: mx.nd.NDArray) -> mx.nd.NDArray:
         """One-hot rows of class indices (multi-label labels already are multi-hot)."""
         if self.multi_label:
