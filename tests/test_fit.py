@@ -111,11 +111,15 @@ def test_records_written_by_im2rec_are_read_with_their_labels(
 def test_evaluate_counts_every_sample_exactly_once(tmp_path) -> None:
     from conftest import write_rec
 
-    rec = write_rec(tmp_path / "v.rec", [0, 1, 2, 3] * 5)  # 20 samples, batches of 8
+    # 20 samples, batches of 8: the last batch holds records 16-19 (labels 3, 2, 1, 0) and is
+    # padded with records 0-3 (labels 0, 1, 2, 3).
+    rec = write_rec(tmp_path / "v.rec", [0, 1, 2, 3] * 4 + [3, 2, 1, 0])
     learner = dense_learner([mx.cpu()])
     learner.net = gluon.nn.HybridSequential()
-    learner.net.add(gluon.nn.Flatten(), gluon.nn.Dense(4))
+    learner.net.add(gluon.nn.Flatten(), gluon.nn.Dense(4, use_bias=False))
     learner.net.initialize()
+    learner.net(mx.nd.zeros((1, 3, 16, 16)))
+    learner.net[1].weight.set_data(mx.nd.array(quadrant_weights()))
     metric = classification_metrics(None)
     index = record_index(scan_records([rec], num_classes=4), tmp_path / "v.idx")
     batches = record_iter(
@@ -123,6 +127,25 @@ def test_evaluate_counts_every_sample_exactly_once(tmp_path) -> None:
     )
     evaluate(learner, batches, metric)
     assert metric.metrics[0].num_inst == 20
+    # The right rows of the padded last batch: every record, read by MXNet's own reader and
+    # scored at once, gives the same count of right answers.
+    reader, images, labels = mx.recordio.MXRecordIO(str(rec), "r"), [], []
+    while (raw := reader.read()) is not None:
+        header, image = mx.recordio.unpack_img(raw)
+        images.append(image[:, :, ::-1].transpose(2, 0, 1))
+        labels.append(header.label)
+    predicted = learner.net(mx.nd.array(np.stack(images))).asnumpy().argmax(axis=1)
+    assert (predicted == np.array(labels)).all()  # the quadrant classifier is always right
+    assert metric.metrics[0].sum_metric == 20
+
+
+def quadrant_weights() -> np.ndarray:
+    """A dense layer over 3x16x16 pixels whose class c is the mean of quadrant c (the pattern
+    images' brightest quadrant is their label): it classifies them all right."""
+    weights = np.zeros((4, 3, 16, 16), dtype=np.float32)
+    for label, (rows, cols) in enumerate([(0, 0), (8, 0), (0, 8), (8, 8)]):
+        weights[label, :, rows : rows + 8, cols : cols + 8] = 1 / (3 * 64)
+    return weights.reshape(4, -1)
 
 
 def resnet_learner(contexts: list[mx.Context]) -> Learner:
