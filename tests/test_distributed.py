@@ -154,43 +154,26 @@ def assert_leader_report(leader: Job, output: str) -> None:
     assert report["hosts"] == len(hosts)
 
 
-def weight_change(start: Path, model_dir: Path) -> np.ndarray:
-    """The trained parameters (arg:*) of model_dir's first params file minus those of start."""
+# One SGD update per host, nothing else moving the weights.
+ONE_SGD_UPDATE = {
+    "epochs": "1",
+    "num_training_samples": "64",
+    "optimizer": "sgd",
+    "learning_rate": "0.05",
+    "momentum": "0",
+    "weight_decay": "0",
+}
+
+
+def weight_changes(start: Path, model_dir: Path) -> dict[str, np.ndarray]:
+    """Each trained parameter of model_dir's params file minus its value in `start`. Not the
+    input BatchNorm's gamma: no trained parameter (scale=False), loading sets it to 1."""
+    net = build_network(20, 4, (3, 16, 16))
+    trained = [f"arg:{n}" for n, p in net.collect_params().items() if p.grad_req != "null"]
     before = mx.nd.load(str(start))
-    after = mx.nd.load(str(sorted(model_dir.glob("*.params"))[0]))
-    names = sorted(name for name in before if name.startswith("arg:"))
-    return np.concatenate([(after[n] - before[n]).asnumpy().ravel() for n in names])
-
-
-def test_one_dist_sync_update_of_two_hosts_equals_one_host_with_the_global_batch(tmp_path) -> None:
-    """Two hosts x 32 samples, one SGD update, against one host x the same 64 samples."""
-    start_model = export_tiny_model(tmp_path / "start", num_classes=4)
-    settings = {
-        "epochs": "1",
-        "num_training_samples": "64",
-        "optimizer": "sgd",
-        "learning_rate": "0.05",
-        "momentum": "0",
-        "weight_decay": "0",
-    }
-    jobs = make_hosts(tmp_path, 2, kv_store="dist_sync", mini_batch_size="32", **settings)
-    single = Job(tmp_path / "single")
-    single.hyperparameters({**TINY_HYPERPARAMETERS, **settings, "mini_batch_size": "64"})
-    single.rec_channel("train", balanced_labels(64, 4), seed=1)
-    for job in [*jobs, single]:
-        (job.data / "model").mkdir()
-        for file in start_model.parent.iterdir():
-            (job.data / "model" / file.name).write_bytes(file.read_bytes())
-    outputs = finish(start(jobs, free_port_pair()))
-    assert len({DIGEST.search(out).group(1) for out in outputs}) == 1, outputs[0][-3000:]
-    reference = single.train()
-    assert reference.returncode == 0, reference.stderr[-3000:]
-    distributed = weight_change(start_model, jobs[0].model_dir)
-    one_host = weight_change(start_model, single.model_dir)
-    ratio = np.linalg.norm(distributed) / np.linalg.norm(one_host)
-    cosine = distributed @ one_host / (np.linalg.norm(distributed) * np.linalg.norm(one_host))
-    assert 0.8 <= ratio <= 1.25, (ratio, cosine)
-    assert cosine >= 0.9, (ratio, cosine)
+    after = mx.nd.load(str(next(model_dir.glob("*.params"))))
+    assert len(trained) > 50 and set(trained) <= set(after)
+    return {name: (after[name] - before[name]).asnumpy() for name in trained}
 
 
 def with_model_channel(job: Job, model: Path) -> Job:
@@ -200,22 +183,40 @@ def with_model_channel(job: Job, model: Path) -> Job:
     return job
 
 
+def test_one_dist_sync_update_of_two_hosts_equals_one_host_with_the_global_batch(tmp_path) -> None:
+    """Two hosts x 32 samples, one SGD update, against one host x the same 64 samples."""
+    start_model = export_tiny_model(tmp_path / "start", num_classes=4)
+    jobs = make_hosts(tmp_path, 2, kv_store="dist_sync", mini_batch_size="32", **ONE_SGD_UPDATE)
+    single = Job(tmp_path / "single")
+    single.hyperparameters({**TINY_HYPERPARAMETERS, **ONE_SGD_UPDATE, "mini_batch_size": "64"})
+    single.rec_channel("train", balanced_labels(64, 4), seed=1)
+    for job in [*jobs, single]:
+        with_model_channel(job, start_model)
+    outputs = finish(start(jobs, free_port_pair()))
+    assert len({DIGEST.search(out).group(1) for out in outputs}) == 1, outputs[0][-3000:]
+    reference = single.train()
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    distributed = np.concatenate(
+        [c.ravel() for c in weight_changes(start_model, jobs[0].model_dir).values()]
+    )
+    one_host = np.concatenate(
+        [c.ravel() for c in weight_changes(start_model, single.model_dir).values()]
+    )
+    ratio = np.linalg.norm(distributed) / np.linalg.norm(one_host)
+    cosine = distributed @ one_host / (np.linalg.norm(distributed) * np.linalg.norm(one_host))
+    # Not equal: BatchNorm normalises by 32-sample batches on the hosts, 64 on the one host
+    # (measured: ratio 1.001, cosine 0.9985). Twice the learning rate would give a ratio of 2.
+    assert 0.97 <= ratio <= 1.03, (ratio, cosine)
+    assert cosine >= 0.99, (ratio, cosine)
+
+
 def test_one_dist_async_update_per_host_is_the_sum_of_their_own_updates(tmp_path) -> None:
     """Two hosts, each one SGD update on its own shard of 32 records: the servers apply both,
     so the model (and every host, which reads the servers' weights at the epoch's end) moved
     as far as the two single-host jobs on those shards moved, added. A host that kept only its
     own last pull would miss the other's update."""
     start_model = export_tiny_model(tmp_path / "start", num_classes=4)
-    settings = {
-        **TINY_HYPERPARAMETERS,
-        "epochs": "1",
-        "num_training_samples": "64",
-        "mini_batch_size": "32",
-        "optimizer": "sgd",
-        "learning_rate": "0.05",
-        "momentum": "0",
-        "weight_decay": "0",
-    }
+    settings = {**TINY_HYPERPARAMETERS, **ONE_SGD_UPDATE, "mini_batch_size": "32"}
     sharded = {"ContentType": "application/x-recordio", "S3DistributionType": "ShardedByS3Key"}
     hosts = ["algo-1", "algo-2"]
     jobs, singles = [], []
@@ -236,17 +237,10 @@ def test_one_dist_async_update_per_host_is_the_sum_of_their_own_updates(tmp_path
     assert not any("num_training_samples=" in out for out in outputs)  # 2 shards x 32 = 64
     for single in singles:
         assert single.train().returncode == 0, single.failure
-    before = mx.nd.load(str(start_model))
-    first, second = (mx.nd.load(str(next(s.model_dir.glob("*.params")))) for s in singles)
-    model = mx.nd.load(str(next(jobs[0].model_dir.glob("*.params"))))
-    # The input BatchNorm's gamma is no trained parameter (scale=False): loading sets it to 1.
-    net = build_network(20, 4, (3, 16, 16))
-    trained = [f"arg:{n}" for n, p in net.collect_params().items() if p.grad_req != "null"]
-    assert len(trained) > 50 and set(trained) <= set(model)
-    for name in trained:
-        added = (first[name] - before[name]) + (second[name] - before[name])
-        moved = model[name] - before[name]
-        np.testing.assert_allclose(moved.asnumpy(), added.asnumpy(), rtol=1e-4, atol=1e-7)
+    first, second = (weight_changes(start_model, s.model_dir) for s in singles)
+    for name, moved in weight_changes(start_model, jobs[0].model_dir).items():
+        added = first[name] + second[name]
+        np.testing.assert_allclose(moved, added, rtol=1e-4, atol=1e-7, err_msg=name)
     assert not job_processes(jobs)
 
 
