@@ -64,9 +64,12 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 
 
-def _save_in_child(resume: ResumeState, net, trainer, progress: dict, kill_at: int | None) -> int:
+def _save_in_child(
+    resume: ResumeState, net, trainer, progress: dict, kill_at: int | None, background: bool
+) -> int:
     """Save in a forked child that SIGKILLs itself just before its `kill_at`-th change to the
-    file system (counted from 0); the child's wait status, or its count of changes (no kill)."""
+    file system (counted from 0; a background save's thread counts too, waited for); the
+    child's wait status, or its count of changes (no kill)."""
     count = resume.folder.parent / "changes"
     pid = os.fork()
     if pid == 0:
@@ -81,7 +84,8 @@ def _save_in_child(resume: ResumeState, net, trainer, progress: dict, kill_at: i
 
         try:
             sys.addaudithook(hook)
-            resume.save(net, trainer, progress)
+            resume.save(net, trainer, progress, background=background)
+            resume.wait()
             done = changes
             count.write_text(str(done))
         except BaseException:
@@ -94,8 +98,9 @@ def _save_in_child(resume: ResumeState, net, trainer, progress: dict, kill_at: i
     return status
 
 
+@pytest.mark.parametrize("background", [False, True], ids=["flushed-in-place", "background"])
 def test_a_kill_at_any_step_of_a_save_leaves_the_old_state_or_the_new_one_whole(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, background
 ):
     # A killed process loses nothing the kernel holds: flushing to the disk only matters when
     # the machine goes down, which cannot be tested here; skip it to keep the test quick.
@@ -122,7 +127,7 @@ def test_a_kill_at_any_step_of_a_save_leaves_the_old_state_or_the_new_one_whole(
         case = tmp_path / f"kill-{k}"
         shutil.copytree(base, case)
         resume = ResumeState(case / "checkpoints", case / "model", FINGERPRINT)
-        return case, _save_in_child(resume, net, trainer, {"next_epoch": 2}, k)
+        return case, _save_in_child(resume, net, trainer, {"next_epoch": 2}, k, background)
 
     steps = run(None)[1]
     fresh_net = _net_and_trainer(seed=5)[0]

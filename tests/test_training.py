@@ -235,6 +235,40 @@ def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(ma
         assert (job.model_dir / name).read_bytes() == (straight.model_dir / name).read_bytes()
 
 
+def test_a_job_that_fails_after_an_epoch_leaves_that_epochs_state_whole(
+    make_job, monkeypatch
+) -> None:
+    """The state of each epoch is flushed while the next one trains; a job that fails in the
+    next epoch still leaves it on disk, pointed to, for a resume (here the flush is slowed
+    down so that the failure comes first)."""
+    from imgcls.config.environment import paths_from_env
+    from imgcls.training import loop, resume
+    from imgcls.training.job import run_training
+
+    job = tiny_job(make_job, train=32, validation=0, epochs="3")
+    monkeypatch.setenv("SAGEMAKER_BASE_DIR", str(job.base))
+    flush_tree, train_one_epoch = resume._flush_tree, loop.train_one_epoch
+
+    def slow_flush(folder: Path) -> None:
+        time.sleep(1.0)
+        flush_tree(folder)
+
+    def fail_in_epoch_1(epoch: int, *args, **kwargs):
+        if epoch == 1:
+            raise RuntimeError("a failure in epoch 1")
+        return train_one_epoch(epoch, *args, **kwargs)
+
+    monkeypatch.setattr(resume, "_flush_tree", slow_flush)
+    monkeypatch.setattr(loop, "train_one_epoch", fail_in_epoch_1)
+    with pytest.raises(RuntimeError, match="a failure in epoch 1"):
+        run_training(paths_from_env())
+    checkpoints = job.base / "checkpoints"
+    pointer = json.loads((checkpoints / "imgcls-resume.json").read_text())
+    state = json.loads((checkpoints / pointer["state"] / "state.json").read_text())
+    assert state["progress"]["next_epoch"] == 1
+    assert (checkpoints / pointer["state"] / "imgcls-resume.states").is_file()
+
+
 def trained_arrays(model_dir: Path) -> dict[str, np.ndarray]:
     """The trained parameters (`arg:*`) of the model folder's only .params file, by MXNet."""
     (params,) = model_dir.glob("*.params")

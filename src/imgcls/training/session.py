@@ -213,7 +213,14 @@ def train(
             )
         # A finished job's state says so (a resume trains nothing more) and needs no optimizer.
         next_epoch = hp.epochs if finished else done
-        resume.save(learner.net, learner.trainer, progress(next_epoch), with_optimizer=not finished)
+        # Flushed to disk while the next epoch trains (or the archive packs): resume.py.
+        resume.save(
+            learner.net,
+            learner.trainer,
+            progress(next_epoch),
+            with_optimizer=not finished,
+            background=True,
+        )
         return stop
 
     validation = data.get("validation")
@@ -262,6 +269,8 @@ def train(
             interrupted.epoch,
         )
         raise
+    finally:
+        resume.wait()  # a failing job leaves its last epoch's state whole on disk too
     if worker is not None:
         logger.info("Final trainable parameters digest: %s", parameters_digest(learner.net))
     inputs = ReportInputs(settings, classes, hp.num_classes, worker.num_hosts if worker else 1)
