@@ -6,8 +6,8 @@ new folder `state-NNNNNN` (weights, optimizer state, model/ snapshot, then its J
 to disk, and only then switches the pointer file `imgcls-resume.json` to it in one rename: a
 kill at any moment leaves the previous state or the new one, whole. Between epochs the flush
 and the switch run on a thread of their own while the next epoch trains (they wait on the disk
-only: 0.5 s of a ResNet-18's 0.9 s save here). Plain files only (no symlinks), so the tree
-survives the round trip through S3.
+only: a ResNet-18's save after its first epoch, 0.88 s, took 0.59 s of the training thread).
+Plain files only (no symlinks), so the tree survives the round trip through S3.
 """
 
 from __future__ import annotations
