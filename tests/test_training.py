@@ -356,6 +356,8 @@ def test_a_record_that_is_no_image_fails_with_a_client_error_resize_or_not(
     assert job.failure.startswith("ClientError:"), job.failure
     where = f"{job.data / 'train' / 'train.rec'}, record 5 (id 5)"
     assert f"{where} is not an image imgcls can read" in job.failure, job.failure
+    assert "pack it from a JPEG or PNG file again (mxnet/tools/im2rec.py" in job.failure
+    assert "send a" not in job.failure  # a request's fix, not a record's
 
 
 def test_wrong_num_training_samples_is_a_warning_with_both_numbers(

@@ -51,9 +51,13 @@ def decode_image(data: bytes, channels: int, where: str = "the image") -> np.nda
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def image_size(data: bytes, where: str) -> tuple[int, int]:
+SEND_AN_IMAGE = "send a JPEG or PNG file."
+
+
+def image_size(data: bytes, where: str, fix: str = SEND_AN_IMAGE) -> tuple[int, int]:
     """(height, width) from the header alone; refuses decompression bombs (a small file that
-    would decode to gigabytes of pixels) before anything is decoded.
+    would decode to gigabytes of pixels) before anything is decoded. `fix` ends the message of
+    an unreadable header (the default suits a request).
 
     Only HEADER_FORMATS get through: formats whose header Pillow reads and OpenCV decodes.
     OpenCV's other formats (PAM, PFM, Radiance HDR) have no header reader here, so they are
@@ -67,7 +71,7 @@ def image_size(data: bytes, where: str) -> tuple[int, int]:
     except (OSError, ValueError, EOFError):
         raise ClientError(
             f"{where} is not an image imgcls can read ({', '.join(HEADER_FORMATS)}), or its "
-            "header is damaged: send a JPEG or PNG file."
+            f"header is damaged: {fix}"
         ) from None
     if width * height > MAX_PIXELS:
         raise ImageTooLarge(_too_large(where, f"{width}x{height} pixels"))

@@ -25,6 +25,10 @@ from imgcls.errors import ClientError
 from imgcls.log import logger
 
 REC_SUFFIXES = (".rec",)
+REPACK_THE_RECORD = (
+    "pack it from a JPEG or PNG file again (mxnet/tools/im2rec.py, or imgcls prepare), or "
+    "leave it out of the channel."
+)
 
 
 @dataclass
@@ -68,7 +72,7 @@ def scan_records(
                 stats.class_counts += labels.astype(np.int64)
             else:
                 stats.class_counts[int(labels[0])] += 1
-            height, width = image_size(image, where)
+            height, width = image_size(image, where, REPACK_THE_RECORD)
             if min_size is not None:
                 _check_size(height, width, min_size, where)
             heights.append(height)
