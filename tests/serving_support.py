@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import socket
 import struct
@@ -15,9 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcls.data.preprocess import prepare
 from imgcls.model.artifact import export_model
-from imgcls.model.inference import load_model
 from imgcls.model.networks import build_network
 
 # Loopback only: boto3 must neither find real credentials nor ask an instance metadata service.
@@ -85,13 +84,39 @@ def encode_cmyk_jpeg(image: np.ndarray) -> bytes:
 
 
 class Direct:
-    """Predictions straight from `load_model` + `prepare`: what every served answer must equal."""
+    """Plain MXNet's answer for an image file, which every served answer must equal: the model
+    as SageMaker's notebooks load it (load_checkpoint and Module), the pixels decoded by Pillow
+    (PNG, RGB) or by OpenCV's own decoder (other formats; Pillow's JPEG decoder may differ from
+    it by a level; one-channel models: OpenCV's grey, always), squashed to image_shape by
+    OpenCV's bilinear resize, as the contract says. No imgcls code on the way."""
 
     def __init__(self, model_dir: Path):
-        self.model = load_model(model_dir)
+        files = Path(model_dir).glob("image-classification-*.params")
+        epoch = max(int(p.stem.rsplit("-", 1)[1]) for p in files)  # the served one: the last
+        sym, args, auxs = mx.model.load_checkpoint(str(model_dir / "image-classification"), epoch)
+        shapes = json.loads((Path(model_dir) / "model-shapes.json").read_text())
+        self.channels, self.height, self.width = shapes[0]["shape"][1:]
+        self.module = mx.mod.Module(sym, label_names=None, context=mx.cpu())
+        self.module.bind(data_shapes=[("data", (1, *shapes[0]["shape"][1:]))], for_training=False)
+        self.module.set_params(args, auxs)
+
+    def pixels(self, data: bytes) -> np.ndarray:
+        """H x W x C uint8, RGB or grey."""
+        if self.channels == 1:
+            grey = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+            return grey[:, :, None]
+        if data.startswith(b"\x89PNG"):
+            return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
     def __call__(self, data: bytes) -> np.ndarray:
-        return self.model.predict(prepare(data, self.model.image_shape))[0]
+        squashed = cv2.resize(
+            self.pixels(data), (self.width, self.height), interpolation=cv2.INTER_LINEAR
+        ).reshape(self.height, self.width, self.channels)
+        batch = mx.io.DataBatch([mx.nd.array(squashed.transpose(2, 0, 1)[None])])
+        self.module.forward(batch, is_train=False)
+        return self.module.get_outputs()[0].asnumpy()[0]
 
 
 def assert_same(served: list[float], expected: np.ndarray) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -12,13 +11,10 @@ import time
 from pathlib import Path
 
 import boto3
-import cv2
-import mxnet as mx
-import numpy as np
 import pytest
-from PIL import Image
 from serving_support import (
     FAKE_AWS,
+    Direct,
     assert_same,
     encode_jpeg,
     encode_png,
@@ -74,33 +70,9 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
-class ModuleAnswers:
-    """Plain MXNet's answer for an image file, as SageMaker's notebooks load a model
-    (load_checkpoint and Module) and as the contract preprocesses: the pixels, RGB, from Pillow
-    (PNG) or OpenCV's own decoder (JPEG: Pillow's may differ from it by a level), squashed to
-    16x16 by OpenCV's bilinear resize. No imgcls code on the way."""
-
-    def __init__(self, model_dir: Path):
-        sym, args, auxs = mx.model.load_checkpoint(str(model_dir / "image-classification"), 1)
-        self.module = mx.mod.Module(sym, label_names=None, context=mx.cpu())
-        self.module.bind(data_shapes=[("data", (1, 3, 16, 16))], for_training=False)
-        self.module.set_params(args, auxs)
-
-    def __call__(self, data: bytes) -> np.ndarray:
-        if data.startswith(b"\x89PNG"):
-            pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-        else:
-            bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-            pixels = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        squashed = cv2.resize(pixels, (16, 16), interpolation=cv2.INTER_LINEAR)
-        batch = mx.io.DataBatch([mx.nd.array(squashed.transpose(2, 0, 1)[None])])
-        self.module.forward(batch, is_train=False)
-        return self.module.get_outputs()[0].asnumpy()[0]
-
-
 @pytest.fixture(scope="module")
-def reference(base: Path) -> ModuleAnswers:
-    return ModuleAnswers(base / "model")
+def reference(base: Path) -> Direct:
+    return Direct(base / "model")
 
 
 def _fill(folder: Path, files: dict[str, bytes]) -> None:
@@ -110,7 +82,7 @@ def _fill(folder: Path, files: dict[str, bytes]) -> None:
 
 
 def test_local_folder_scoring_failures_reruns_and_overwrite(
-    base: Path, reference: ModuleAnswers, tmp_path: Path
+    base: Path, reference: Direct, tmp_path: Path
 ) -> None:
     source, destination = tmp_path / "in", tmp_path / "out"
     _fill(source, {**IMAGES, **BAD, ".DS_Store": b"hidden"})
@@ -139,7 +111,7 @@ def test_local_folder_scoring_failures_reruns_and_overwrite(
 
 
 def test_a_decompression_bomb_is_counted_as_failed_with_its_reason_and_never_decoded(
-    base: Path, reference: ModuleAnswers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
+    base: Path, reference: Direct, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog
 ) -> None:
     bomb = flat_png(20000, 20000)
     forbid_decoding(monkeypatch, bomb)
@@ -188,7 +160,7 @@ def s3(monkeypatch: pytest.MonkeyPatch):
         server.stop()
 
 
-def test_s3_prefix_scoring_and_rerun(base: Path, reference: ModuleAnswers, s3, monkeypatch) -> None:
+def test_s3_prefix_scoring_and_rerun(base: Path, reference: Direct, s3, monkeypatch) -> None:
     endpoint, client = s3
     for key, data in {**IMAGES, **BAD}.items():
         client.put_object(Bucket=BUCKET, Key=f"input/{key}", Body=data)
@@ -249,7 +221,7 @@ def test_batches_equal_one_by_one_predictions_and_a_bad_image_fails_alone(
 
 
 def test_killed_mid_run_then_rerun_scores_every_input_exactly_once(
-    base: Path, reference: ModuleAnswers, tmp_path: Path
+    base: Path, reference: Direct, tmp_path: Path
 ) -> None:
     files = {f"{i:03d}.png": encode_png(random_image(i, 16, 16)) for i in range(300)}
     source, destination = tmp_path / "in", tmp_path / "out"
@@ -293,7 +265,7 @@ S3_NAMES = {
 }
 
 
-def test_s3_odd_keys_pages_and_overwrite(base: Path, reference: ModuleAnswers, s3) -> None:
+def test_s3_odd_keys_pages_and_overwrite(base: Path, reference: Direct, s3) -> None:
     endpoint, client = s3
     for key, data in S3_NAMES.items():
         client.put_object(Bucket=BUCKET, Key=f"odd/input/{key}", Body=data)

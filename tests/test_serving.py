@@ -289,7 +289,7 @@ def test_alpha_grey_cmyk_and_16_bit_images_are_converted(
 
 
 def test_grey_multi_label_model_from_a_tarball(grey_server: Server, grey_base: Path) -> None:
-    direct = Direct(grey_base / "model")
+    direct = Direct(grey_base / "staging")  # the files the tarball was packed from
     for data in (encode_png(random_image(seed=7)), encode_jpeg(random_image(8, channels=1))):
         answer = grey_server.post(data, "image/png")
         assert answer.status_code == 200, answer.text
