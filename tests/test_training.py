@@ -260,8 +260,12 @@ def test_a_job_that_fails_after_an_epoch_leaves_that_epochs_state_whole(
 
     monkeypatch.setattr(resume, "_flush_tree", slow_flush)
     monkeypatch.setattr(loop, "train_one_epoch", fail_in_epoch_1)
-    with pytest.raises(RuntimeError, match="a failure in epoch 1"):
-        run_training(paths_from_env())
+    sigterm = signal.getsignal(signal.SIGTERM)  # the job installs its own handler
+    try:
+        with pytest.raises(RuntimeError, match="a failure in epoch 1"):
+            run_training(paths_from_env())
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
     checkpoints = job.base / "checkpoints"
     pointer = json.loads((checkpoints / "imgcls-resume.json").read_text())
     state = json.loads((checkpoints / pointer["state"] / "state.json").read_text())
