@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 import requests
+from process_support import suite_helpers
 from serving_support import Direct, assert_same, encode_jpeg, export_tiny_model, random_image
 from test_serving import Server
 
@@ -106,6 +107,7 @@ def test_sixteen_clients_for_five_seconds_get_the_direct_prediction_of_their_ima
     assert len(processes) == 1 + CORES
     assert not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     others = {p.pid for name in servers if name != "default" for p in processes_of(servers[name])}
+    others |= suite_helpers()
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= others
 
 
