@@ -20,6 +20,7 @@ from conftest import SCRIPTS, TINY_HYPERPARAMETERS, Job, balanced_labels
 from serving_support import export_tiny_model
 
 from imgcls.model.networks import build_network
+from imgcls.training.distributed.launch import WORKER_ENV
 
 DIGEST = re.compile(r"Final trainable parameters digest: ([0-9a-f]{64})")
 VALIDATION = re.compile(r"Epoch\[(\d+)\] Validation-accuracy=([0-9.]+)")
@@ -254,6 +255,20 @@ def test_dist_async_completes_and_learns(tmp_path) -> None:
     assert not job_processes(jobs)
 
 
+def assert_launchers_never_load_mxnet(jobs: list[Job]) -> None:
+    """Each host's training process only starts and watches its ps-lite roles and its worker,
+    which load MXNet: it has no libmxnet.so mapped (the worker, the server and the scheduler do).
+    """
+    launchers, workers = [], []
+    for process in job_processes(jobs):
+        if process.cmdline()[-3:] != ["-m", "imgcls.cli", "train"]:
+            continue
+        loaded = any("libmxnet" in m.path for m in process.memory_maps())
+        (workers if WORKER_ENV in process.environ() else launchers).append(loaded)
+    assert launchers == [False] * len(jobs), launchers
+    assert workers == [True] * len(jobs), workers
+
+
 def test_a_dead_host_fails_the_others_within_the_bound(tmp_path) -> None:
     jobs = make_hosts(tmp_path, 2, kv_store="dist_sync", epochs="50", num_training_samples="512")
     processes = start(jobs, free_port_pair())
@@ -262,6 +277,12 @@ def test_a_dead_host_fails_the_others_within_the_bound(tmp_path) -> None:
         leader_output.append(line)
         if "Epoch[0] Train-accuracy" in line:
             break
+    try:
+        assert_launchers_never_load_mxnet(jobs)
+    except AssertionError:
+        for process in processes:
+            os.killpg(process.pid, signal.SIGKILL)
+        raise
     os.killpg(processes[1].pid, signal.SIGKILL)
     killed_at = time.monotonic()
     rest = finish([processes[0]], timeout=60)[0]

@@ -131,7 +131,10 @@ def has_gpu_devices(dev: Path = Path("/dev")) -> bool:
 
 
 def visible_gpus() -> list[Gpu]:
-    """The GPUs MXNet sees, with their names and compute capabilities (none on the CPU build)."""
+    """The GPUs MXNet sees, with their names and compute capabilities (none on the CPU build,
+    and none, without loading MXNet, on a host with no NVIDIA device file)."""
+    if not has_gpu_devices():
+        return []
     import mxnet as mx
 
     count = mx.context.num_gpus()

@@ -31,15 +31,15 @@ def run_training(
     same function again as a worker. `hand_over`, when given, takes the training report's
     folder to draw it elsewhere (training/report/handoff.py). Returns the exit code.
     """
-    import_mxnet()  # the collector paused: 0.35 s faster
-    from imgcls.data.loaders import load_channels
-
     config = load_job_config(paths)
     check_gpus()
     _check_pretrained_weights(config)
     _check_pipe_hosts(config)
     if config.resources.is_distributed and not dry_run and not is_worker_process():
-        return _launch_host(config)
+        return _launch_host(config)  # its ps-lite roles and worker load MXNet; it never does
+    import_mxnet()  # the collector paused: 0.35 s faster
+    from imgcls.data.loaders import load_channels
+
     data = load_channels(paths, config.channels, config.hp)
     if not data["train"].is_pipe:
         _check_training_counts(config.hp, data["train"], config.resources.is_distributed)
