@@ -55,8 +55,9 @@ def run_training(
 
 def _launches_roles(paths: Paths, dry_run: bool) -> bool:
     """True in a multi-host job's launcher, which only starts and watches this host's ps-lite
-    roles and worker (they load MXNet) and so never loads it: they start ~2.6 s sooner, and it
-    holds 19 MB, not 211. An unreadable resourceconfig.json is load_job_config's to report."""
+    roles and worker (they load MXNet) and so never loads it: they no longer wait for its
+    import (2.6 s here), and it holds 19 MB, not 211. An unreadable resourceconfig.json is
+    load_job_config's to report."""
     if dry_run or is_worker_process():
         return False
     try:
