@@ -12,6 +12,7 @@ import os
 import shutil
 import struct
 import subprocess
+import sys
 from pathlib import Path
 
 import mxnet as mx
@@ -26,6 +27,7 @@ from imgcls.config.serving import ServingSettings
 from imgcls.errors import ClientError
 from imgcls.gpu import FATBIN_MAGIC, Gpu, GpuCode, check_gpus, read_gpu_code
 from imgcls.serving.app import ServingApp
+from imgcls.system import child_env
 
 CU117_BUILD = GpuCode(cubins=frozenset({50, 60, 70, 80, 86}))
 INSTALLED = Path(find_lib_path()[0])
@@ -144,6 +146,21 @@ def test_the_cpu_build_has_no_gpu_code_and_sees_no_gpu() -> None:
         pytest.skip("the installed MXNet is a GPU build")
     assert mx.context.num_gpus() == 0 and gpu.visible_gpus() == []
     check_gpus()
+
+
+def test_without_nvidia_device_files_gpus_are_counted_without_loading_mxnet() -> None:
+    """What a multi-host launcher and the model server's master ask first: MXNet's own count
+    here is 0, and imgcls gives it, in every form, without importing MXNet."""
+    if gpu.has_gpu_devices():
+        pytest.skip("this host has NVIDIA device files: MXNet is asked")
+    code = (
+        "import sys; from imgcls.gpu import gpu_count_in_child, num_gpus, visible_gpus; "
+        "print(num_gpus(), visible_gpus(), 'mxnet' in sys.modules, gpu_count_in_child())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=child_env({})
+    )
+    assert done.stdout.split() == [str(mx.context.num_gpus()), "[]", "False", "0"], done.stderr
 
 
 @pytest.fixture

@@ -130,15 +130,20 @@ def has_gpu_devices(dev: Path = Path("/dev")) -> bool:
     return any(dev.glob("nvidia[0-9]*"))
 
 
-def visible_gpus() -> list[Gpu]:
-    """The GPUs MXNet sees, with their names and compute capabilities (none on the CPU build,
-    and none, without loading MXNet, on a host with no NVIDIA device file)."""
+def num_gpus() -> int:
+    """GPUs MXNet can use here (0 on the CPU build). A host without an NVIDIA device file has
+    none, known without loading MXNet: a multi-host job's launcher then never loads it, nor
+    does the model server's count of them."""
     if not has_gpu_devices():
-        return []
+        return 0
     import mxnet as mx
 
-    count = mx.context.num_gpus()
-    return [Gpu(i, *_driver_query(i)) for i in range(count)] if count else []
+    return mx.context.num_gpus()
+
+
+def visible_gpus() -> list[Gpu]:
+    """The GPUs MXNet sees, with their names and compute capabilities (none on the CPU build)."""
+    return [Gpu(i, *_driver_query(i)) for i in range(num_gpus())]
 
 
 def _driver_query(index: int) -> tuple[str, int]:
@@ -201,17 +206,11 @@ def _unsupported(gpu: Gpu, code: GpuCode) -> str:
 
 
 def gpu_count_in_child() -> int:
-    """mx.context.num_gpus() asked in a forked child process.
+    """`num_gpus()` asked in a forked child process.
 
     The model server's master must not initialise CUDA itself: workers forked from a process
     that has cannot use the GPU.
     """
     context = multiprocessing.get_context("fork")
     with ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(_num_gpus).result()
-
-
-def _num_gpus() -> int:
-    import mxnet as mx
-
-    return mx.context.num_gpus()
+        return pool.submit(num_gpus).result()

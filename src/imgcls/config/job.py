@@ -14,7 +14,7 @@ from imgcls.config.environment import (
     read_resource_config,
 )
 from imgcls.config.hyperparameters import Hyperparameters, RunContext, parse_hyperparameters
-from imgcls.gpu import has_gpu_devices
+from imgcls.gpu import num_gpus
 from imgcls.log import logger
 
 
@@ -25,16 +25,6 @@ class JobConfig:
     hp: Hyperparameters
     channels: dict[str, Channel]
     resources: ResourceConfig
-
-
-def num_gpus() -> int:
-    """GPUs MXNet can use here (0 on the CPU build). A host without an NVIDIA device file has
-    none, known without loading MXNet: a multi-host job's launcher then never loads it."""
-    if not has_gpu_devices():
-        return 0
-    import mxnet as mx
-
-    return mx.context.num_gpus()
 
 
 def load_job_config(paths: Paths) -> JobConfig:
