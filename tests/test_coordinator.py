@@ -8,6 +8,7 @@ import pickle
 import socket
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from multiprocessing.connection import Client
 from pathlib import Path
@@ -46,6 +47,16 @@ def records(caplog, monkeypatch) -> Iterator[pytest.LogCaptureFixture]:
     caplog.set_level(logging.INFO, logger="imgcls")
     yield caplog
     logger.removeHandler(caplog.handler)
+
+
+def wait_until(condition, seconds: float = WAIT_SECONDS) -> bool:
+    """True once `condition()` holds, polled every 10 ms; False after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def coordinator_on(port: int, num_hosts: int = 1) -> Coordinator:
@@ -144,6 +155,8 @@ def test_a_second_worker_claiming_a_taken_index_is_refused(records) -> None:
     coordinator = coordinator_on(port, num_hosts=2)
     try:
         first = Collective(("127.0.0.1", port), 0, timeout=WAIT_SECONDS)
+        # Admitted on the coordinator's own thread: the second claim must come after it.
+        assert wait_until(lambda: 0 in coordinator._workers)
         greeting = frame(b'{"type": "worker", "index": 0}')
         assert in_thread(send_raw, port, greeting).get("result") == b""
         assert any("connected already" in r.getMessage() for r in records.records)
