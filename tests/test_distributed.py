@@ -177,11 +177,11 @@ def weight_changes(start: Path, model_dir: Path) -> dict[str, np.ndarray]:
     return {name: (after[name] - before[name]).asnumpy() for name in trained}
 
 
-def float32_rounding(start: Path, name: str) -> float:
-    """Two float32 steps at the parameter's largest magnitude in `start`: the servers' weight
+def float32_rounding(start: mx.nd.NDArray) -> float:
+    """Two float32 steps at the parameter's largest starting magnitude: the servers' weight
     (w + a) + b and the singles' changes a and b, each rounded at w's scale, may differ by that
     (one step, 1.2e-7, for a BatchNorm gamma near 1 on an AVX-512 host)."""
-    return 2 * float(np.spacing(np.abs(mx.nd.load(str(start))[name].asnumpy()).max()))
+    return 2 * float(np.spacing(np.abs(start.asnumpy()).max()))
 
 
 def with_model_channel(job: Job, model: Path) -> Job:
@@ -246,9 +246,10 @@ def test_one_dist_async_update_per_host_is_the_sum_of_their_own_updates(tmp_path
     for single in singles:
         assert single.train().returncode == 0, single.failure
     first, second = (weight_changes(start_model, s.model_dir) for s in singles)
+    start_weights = mx.nd.load(str(start_model))
     for name, moved in weight_changes(start_model, jobs[0].model_dir).items():
         added = first[name] + second[name]
-        atol = max(1e-7, float32_rounding(start_model, name))
+        atol = max(1e-7, float32_rounding(start_weights[name]))
         np.testing.assert_allclose(moved, added, rtol=1e-4, atol=atol, err_msg=name)
     assert not job_processes(jobs)
 
