@@ -1,7 +1,8 @@
 """`scripts/train` for the suite: a job forked from tests/fork_server.py when it may be.
 
-A job qualifies when the supervising parent would give its child NaiveEngine (one host, no
-GPU, no MXNET_ENGINE_TYPE set; training/supervisor.py decides, as for a real job) and the
+A job qualifies when the supervising parent would give its child NaiveEngine and one temporary
+space (one host, no GPU, neither MXNET_ENGINE_TYPE nor MXNET_CPU_TEMP_COPY set;
+training/supervisor.py decides, as for a real job) and the
 environment that MXNet and OpenMP read when they load is the one the server loaded them with.
 Any other job, and every test that checks the supervising parent itself (signals, the failure
 file of a killed child, the report it draws), runs the real `scripts/train`.
@@ -20,9 +21,11 @@ import tempfile
 from pathlib import Path
 
 from imgcls.config.environment import Paths
-from imgcls.training.supervisor import SINGLE_HOST_CPU_ENGINE, SUPERVISED_ENV, child_engine
+from imgcls.training.supervisor import SUPERVISED_ENV, child_engine, engine_env
 
 SERVER = Path(__file__).resolve().parent / "fork_server.py"
+# What the supervising parent gives a single-host CPU job's child (the server loads MXNet so).
+SINGLE_HOST_CPU_ENV = engine_env(hosts=1, gpu_devices=False, environ={})
 LOAD_TIME_PREFIXES = ("MXNET_", "OMP_", "KMP_", "LD_", "PYTHON", "SETUPTOOLS_")
 
 
@@ -37,7 +40,7 @@ class ForkServer:
     def __init__(self) -> None:
         self.folder = tempfile.TemporaryDirectory(prefix="imgcls-forks-")
         self.socket = str(Path(self.folder.name) / "server")
-        env = {**os.environ, "MXNET_ENGINE_TYPE": SINGLE_HOST_CPU_ENGINE}
+        env = {**os.environ, **SINGLE_HOST_CPU_ENV}
         self.env = load_time_env(env)
         self.log = Path(self.folder.name) / "server.log"
         with self.log.open("w") as log:
@@ -62,7 +65,7 @@ class ForkServer:
         self, argv: list[str], env: dict[str, str], timeout: float
     ) -> subprocess.CompletedProcess:
         """Run `argv` (scripts/train and its arguments) forked, as subprocess.run would."""
-        job_env = {**env, SUPERVISED_ENV: "1", "MXNET_ENGINE_TYPE": SINGLE_HOST_CPU_ENGINE}
+        job_env = {**env, SUPERVISED_ENV: "1", **SINGLE_HOST_CPU_ENV}
         with tempfile.TemporaryDirectory(prefix="job-", dir=self.folder.name) as outputs:
             out, err = Path(outputs) / "stdout", Path(outputs) / "stderr"
             request = {
@@ -100,12 +103,12 @@ def suite_helpers() -> set[int]:
 
 def forkable(base: Path, env: dict[str, str]) -> bool:
     """True when the job at `base` may run forked from the server (see the module's doc)."""
-    if "MXNET_ENGINE_TYPE" in env or env.get(SUPERVISED_ENV):
+    if SINGLE_HOST_CPU_ENV.keys() & env.keys() or env.get(SUPERVISED_ENV):
         return False
-    if child_engine(Paths(base)) != {"MXNET_ENGINE_TYPE": SINGLE_HOST_CPU_ENGINE}:
+    if child_engine(Paths(base)) != SINGLE_HOST_CPU_ENV:
         return False
     loaded = _server.env if _server else load_time_env(os.environ)
-    return load_time_env(env) == {k: v for k, v in loaded.items() if k != "MXNET_ENGINE_TYPE"}
+    return load_time_env(env) == {k: v for k, v in loaded.items() if k not in SINGLE_HOST_CPU_ENV}
 
 
 def run_train(

@@ -119,13 +119,14 @@ def test_only_the_single_host_child_skips_the_teardown_with_its_output_whole(
 @pytest.mark.parametrize(
     ("hosts", "gpu_devices", "environ", "expected"),
     [
-        (1, False, {}, {"MXNET_ENGINE_TYPE": "NaiveEngine"}),
+        (1, False, {}, {"MXNET_ENGINE_TYPE": "NaiveEngine", "MXNET_CPU_TEMP_COPY": "1"}),
+        (1, False, {"MXNET_CPU_TEMP_COPY": "3"}, {"MXNET_ENGINE_TYPE": "NaiveEngine"}),
         (2, False, {}, {}),  # ps-lite's servers and workers keep MXNet's default
         (1, True, {}, {}),  # GPU devices and copies run in parallel on the threaded engine
         (1, False, {"MXNET_ENGINE_TYPE": "ThreadedEngine"}, {}),  # the user's choice stays
     ],
 )
-def test_the_child_gets_the_naive_engine_only_on_one_cpu_host(
+def test_the_child_gets_the_naive_engine_and_one_temp_space_only_on_one_cpu_host(
     hosts, gpu_devices, environ, expected
 ) -> None:
     assert engine_env(hosts, gpu_devices, environ) == expected
@@ -133,10 +134,12 @@ def test_the_child_gets_the_naive_engine_only_on_one_cpu_host(
 
 def test_child_engine_reads_the_hosts_of_resourceconfig(make_job, monkeypatch) -> None:
     monkeypatch.delenv("MXNET_ENGINE_TYPE", raising=False)
+    monkeypatch.delenv("MXNET_CPU_TEMP_COPY", raising=False)
     monkeypatch.setattr("imgcls.training.supervisor.has_gpu_devices", lambda: False)
     job = make_job()
     paths = paths_from_env({"SAGEMAKER_BASE_DIR": str(job.base)})
-    assert child_engine(paths) == {"MXNET_ENGINE_TYPE": "NaiveEngine"}  # no file: one host
+    one_host = {"MXNET_ENGINE_TYPE": "NaiveEngine", "MXNET_CPU_TEMP_COPY": "1"}
+    assert child_engine(paths) == one_host  # no file: one host
     resources = job.config / "resourceconfig.json"
     resources.write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1", "algo-2"]}))
     assert child_engine(paths) == {}
