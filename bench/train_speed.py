@@ -8,13 +8,13 @@ augmentation: imgcls runs its job as a user would (startup scan, decoding, augme
 metrics, validation, checkpoint and resume save each epoch); the reference is bench/bare_loop.py
 in both its forms (hybridized static, and not hybridized) on MXNet's default engine, as a user
 writes it, of which the faster counts. imgcls runs single-host CPU jobs on MXNet's NaiveEngine
-(training/supervisor.py); a third reference, "bare naive", is the hybridized bare loop given that
-same engine setting, so the bench shows what the setting alone is worth. A process
-ends only when MXNet's engine has finished its work, so both clocks close the same way. The
-order alternates round by round; each figure is the median over rounds [min–max], in training
-images per second of wall-clock time (epochs × images / process seconds). A second line per
-case gives the last epoch's training loop alone, as each side logs it (`Time cost=`: images /
-seconds from the epoch's first batch to waitall() after its last), to tell the loop from the
+with one temporary space (training/supervisor.py); a third reference, "bare naive", is the
+hybridized bare loop given those same settings, so the bench shows what they alone are worth. A
+process ends only when MXNet's engine has finished its work, so both clocks close the same way.
+The order alternates round by round; each figure is the median over rounds [min–max], in
+training images per second of wall-clock time (epochs × images / process seconds). A second line
+per case gives the last epoch's training loop alone, as each side logs it (`Time cost=`: images
+/ seconds from the epoch's first batch to waitall() after its last), to tell the loop from the
 per-job costs.
 """
 
@@ -37,8 +37,12 @@ import mxnet as mx
 import numpy as np
 from sklearn.datasets import load_sample_images
 
+from imgcls.training.supervisor import engine_env
+
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = 10
+# What imgcls's supervising parent gives a single-host CPU job (training/supervisor.py).
+SINGLE_HOST_CPU_ENV = engine_env(hosts=1, gpu_devices=False, environ={})
 EPOCH_TIME = re.compile(r"Epoch\[\d+\] Time cost=([0-9.]+)")
 
 
@@ -147,13 +151,14 @@ def form_run(
     form: str, base: Path, case: Case, epochs: int, train: Path, validation: Path
 ) -> tuple[list[str], dict[str, str]]:
     """The command of one form and what it adds to the environment. imgcls picks its own MXNet
-    engine (NaiveEngine on one CPU host); the bare loop as a user writes it gets MXNet's
-    default; "bare naive" is the hybridized bare loop given imgcls's engine setting."""
+    engine settings (NaiveEngine and one temporary space on one CPU host); the bare loop as a
+    user writes it gets MXNet's defaults; "bare naive" is the hybridized bare loop given
+    imgcls's settings."""
     if form == "imgcls":
         return imgcls_job(base, case, epochs, train, validation), {}
     hybrid = form != "bare imperative"
     command = bare_command(case, epochs, train, validation, base, hybrid)
-    return command, {"MXNET_ENGINE_TYPE": "NaiveEngine"} if form == "bare naive" else {}
+    return command, SINGLE_HOST_CPU_ENV if form == "bare naive" else {}
 
 
 def run_case(case: Case, rounds: int, epochs: int, folder: Path, env: dict[str, str]) -> str:
@@ -204,7 +209,8 @@ def main() -> None:
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(cores))}
-    env.pop("MXNET_ENGINE_TYPE", None)  # each form sets its own (form_run)
+    for name in SINGLE_HOST_CPU_ENV:  # each form sets its own (form_run)
+        env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
     print(
         f"cores={cores} OMP_NUM_THREADS={env['OMP_NUM_THREADS']} rounds={args.rounds} "
