@@ -1,7 +1,7 @@
 """The optimizer's state on disk: what gluon.Trainer.save_states writes, with its arrays apart.
 
 Trainer.save_states pickles the updater's states with every NDArray copied into bytes on the
-way: for a ResNet-18's 45 MB of momentum that took 0.2-0.46 s of the training thread, most of
+way: for a ResNet-18's 45 MB of momentum that took 0.2-0.52 s of the training thread, most of
 it paging in fresh buffers. Here the same pickle holds a key per array and `mx.nd.save` writes
 the arrays beside it (0.01-0.07 s); loading restores them as Trainer.load_states does. A file
 that Trainer.save_states wrote (arrays inside) loads too. A trainer that updates on its kvstore
