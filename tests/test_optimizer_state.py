@@ -26,8 +26,10 @@ DEVICES = {  # devices, kvstore, update_on_kvstore
 
 
 def _network(contexts: list[mx.Context]) -> gluon.HybridBlock:
-    net = gluon.nn.HybridSequential()
-    net.add(gluon.nn.Dense(6, activation="relu"), gluon.nn.BatchNorm(), gluon.nn.Dense(3))
+    # The same names in every net: Trainer numbers the parameters in their names' order.
+    net = gluon.nn.HybridSequential(prefix="net_")
+    with net.name_scope():
+        net.add(gluon.nn.Dense(6, activation="relu"), gluon.nn.BatchNorm(), gluon.nn.Dense(3))
     mx.random.seed(7)
     net.initialize(mx.init.Xavier(), ctx=contexts)
     net(mx.nd.zeros((2, 5), ctx=contexts[0]))
@@ -53,8 +55,8 @@ def _step(net: gluon.HybridBlock, trainer: gluon.Trainer, contexts, seed: int) -
 
 
 def _weights(net: gluon.HybridBlock) -> list[np.ndarray]:
-    """Every trained parameter's array on every device, in the network's order (names differ
-    by net; BatchNorm's running statistics, per device, are averaged by save_parameters)."""
+    """Every trained parameter's array on every device, in the network's order (BatchNorm's
+    running statistics, per device, are averaged by save_parameters)."""
     params = [p for p in net.collect_params().values() if p.grad_req != "null"]
     return [a.asnumpy() for p in params for a in p.list_data()]
 
