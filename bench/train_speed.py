@@ -37,12 +37,10 @@ import mxnet as mx
 import numpy as np
 from sklearn.datasets import load_sample_images
 
-from imgcls.training.supervisor import engine_env
+from imgcls.training.supervisor import SINGLE_HOST_CPU_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASSES = 10
-# What imgcls's supervising parent gives a single-host CPU job (training/supervisor.py).
-SINGLE_HOST_CPU_ENV = engine_env(hosts=1, gpu_devices=False, environ={})
 EPOCH_TIME = re.compile(r"Epoch\[\d+\] Time cost=([0-9.]+)")
 
 

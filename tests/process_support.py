@@ -2,8 +2,8 @@
 
 A job qualifies when the supervising parent would give its child NaiveEngine and one temporary
 space (one host, no GPU, neither MXNET_ENGINE_TYPE nor MXNET_CPU_TEMP_COPY set;
-training/supervisor.py decides, as for a real job) and the
-environment that MXNet and OpenMP read when they load is the one the server loaded them with.
+training/supervisor.py decides, as for a real job) and the environment that MXNet and OpenMP
+read when they load is the one the server loaded them with.
 Any other job, and every test that checks the supervising parent itself (signals, the failure
 file of a killed child, the report it draws), runs the real `scripts/train`.
 """
@@ -21,11 +21,9 @@ import tempfile
 from pathlib import Path
 
 from imgcls.config.environment import Paths
-from imgcls.training.supervisor import SUPERVISED_ENV, child_engine, engine_env
+from imgcls.training.supervisor import SINGLE_HOST_CPU_ENV, SUPERVISED_ENV, child_engine
 
 SERVER = Path(__file__).resolve().parent / "fork_server.py"
-# What the supervising parent gives a single-host CPU job's child (the server loads MXNet so).
-SINGLE_HOST_CPU_ENV = engine_env(hosts=1, gpu_devices=False, environ={})
 LOAD_TIME_PREFIXES = ("MXNET_", "OMP_", "KMP_", "LD_", "PYTHON", "SETUPTOOLS_")
 
 

@@ -34,9 +34,8 @@ from imgcls.training.report.handoff import ReportDrawer
 
 SUPERVISED_ENV = "IMGCLS_SUPERVISED"
 ENGINE_ENV = "MXNET_ENGINE_TYPE"
-SINGLE_HOST_CPU_ENGINE = "NaiveEngine"
-TEMP_SPACES_ENV = "MXNET_CPU_TEMP_COPY"
-SINGLE_HOST_CPU_TEMP_SPACES = "1"
+# What a single-host CPU job's child gets, each variable unless the environment sets it.
+SINGLE_HOST_CPU_ENV = {ENGINE_ENV: "NaiveEngine", "MXNET_CPU_TEMP_COPY": "1"}
 MXNET_DEFAULT_ENGINE = "ThreadedEnginePerDevice"
 
 
@@ -63,15 +62,11 @@ class SigtermForwarder:
 def engine_env(
     hosts: int, gpu_devices: bool, environ: Mapping[str, str] = os.environ
 ) -> dict[str, str]:
-    """The child's MXNET_ENGINE_TYPE when imgcls chooses it: NaiveEngine, and one temporary
-    space unless the environment sets their number, for one host without GPUs; nothing
-    (MXNet's default) otherwise, or when the environment already sets an engine."""
+    """SINGLE_HOST_CPU_ENV, less what the environment sets, for one host without GPUs; nothing
+    (MXNet's defaults) otherwise, or when the environment already sets an engine."""
     if ENGINE_ENV in environ or hosts > 1 or gpu_devices:
         return {}
-    temp_spaces = (
-        {} if TEMP_SPACES_ENV in environ else {TEMP_SPACES_ENV: SINGLE_HOST_CPU_TEMP_SPACES}
-    )
-    return {ENGINE_ENV: SINGLE_HOST_CPU_ENGINE, **temp_spaces}
+    return {name: value for name, value in SINGLE_HOST_CPU_ENV.items() if name not in environ}
 
 
 def running_engine(environ: Mapping[str, str] = os.environ) -> str:
