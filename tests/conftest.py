@@ -17,6 +17,8 @@ SCRIPTS = ROOT / "scripts"
 
 os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
 
+from process_support import run_train  # noqa: E402  (after the line above: it keeps os.environ)
+
 
 def pattern_image(label: int, size: int, channels: int, rng: np.random.Generator) -> np.ndarray:
     """A noisy image whose bright quadrant says its class (up to 4 classes): easy to learn."""
@@ -62,8 +64,6 @@ def run_script(
     from a process that has imported MXNet when the job allows it, tests/process_support.py)."""
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base)}
     if name == "train":
-        from process_support import run_train
-
         return run_train(SCRIPTS / name, base, args, env, timeout)
     return subprocess.run(
         [sys.executable, str(SCRIPTS / name), *args],

@@ -20,11 +20,20 @@ import sys
 import tempfile
 from pathlib import Path
 
+import cv2  # noqa: F401  (see SESSION_ENV)
+
 from imgcls.config.environment import Paths
+from imgcls.system import import_mxnet
 from imgcls.training.supervisor import SINGLE_HOST_CPU_ENV, SUPERVISED_ENV, child_engine
 
 SERVER = Path(__file__).resolve().parent / "fork_server.py"
 LOAD_TIME_PREFIXES = ("MXNET_", "OMP_", "KMP_", "LD_", "PYTHON", "SETUPTOOLS_")
+# The session's environment once MXNet and OpenCV have loaded (they add KMP_* and
+# LD_LIBRARY_PATH as they do); conftest imports this module as pytest starts. The server loads
+# with it whenever it starts, not with what a test has patched by then (a sitecustomize on
+# PYTHONPATH must reach a real job, never the server).
+import_mxnet()
+SESSION_ENV = dict(os.environ)
 
 
 def load_time_env(environ: dict[str, str]) -> dict[str, str]:
@@ -38,7 +47,7 @@ class ForkServer:
     def __init__(self) -> None:
         self.folder = tempfile.TemporaryDirectory(prefix="imgcls-forks-")
         self.socket = str(Path(self.folder.name) / "server")
-        env = {**os.environ, **SINGLE_HOST_CPU_ENV}
+        env = {**SESSION_ENV, **SINGLE_HOST_CPU_ENV}
         self.env = load_time_env(env)
         self.log = Path(self.folder.name) / "server.log"
         with self.log.open("w") as log:
@@ -105,7 +114,7 @@ def forkable(base: Path, env: dict[str, str]) -> bool:
         return False
     if child_engine(Paths(base)) != SINGLE_HOST_CPU_ENV:
         return False
-    loaded = _server.env if _server else load_time_env(os.environ)
+    loaded = _server.env if _server else load_time_env(SESSION_ENV)
     return load_time_env(env) == {k: v for k, v in loaded.items() if k not in SINGLE_HOST_CPU_ENV}
 
 

@@ -16,6 +16,7 @@ from mxnet import autograd, gluon
 
 from imgcls.config.hyperparameters import parse_hyperparameters
 from imgcls.errors import ClientError
+from imgcls.model.artifact import export_model, load_exported_weights
 from imgcls.model.networks import build_network
 from imgcls.system import atomic_write
 from imgcls.training.checkpoints import ModelCheckpoints
@@ -65,7 +66,13 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 
 def _save_in_child(
-    resume: ResumeState, net, trainer, progress: dict, kill_at: int | None, background: bool
+    resume: ResumeState,
+    net,
+    trainer,
+    progress: dict,
+    kill_at: int | None,
+    background: bool,
+    exported: Path | None = None,
 ) -> int:
     """Save in a forked child that SIGKILLs itself just before its `kill_at`-th change to the
     file system (counted from 0; a background save's thread counts too, waited for); the
@@ -84,7 +91,7 @@ def _save_in_child(
 
         try:
             sys.addaudithook(hook)
-            resume.save(net, trainer, progress, background=background)
+            resume.save(net, trainer, progress, background=background, exported=exported)
             resume.wait()
             done = changes
             count.write_text(str(done))
@@ -98,10 +105,24 @@ def _save_in_child(
     return status
 
 
+def _epoch_files(model_dir: Path, net: gluon.HybridBlock, epoch: int, exported: bool) -> Path:
+    """model/ after `epoch`: the epoch's params file (the model export_model writes from `net`,
+    or stand-in bytes) and a metadata file that each epoch replaces; the params file."""
+    if exported:
+        return export_model(net, model_dir, epoch, SHAPE, False, FINGERPRINT)
+    path = model_dir / f"image-classification-{epoch:04d}.params"
+    path.write_bytes(f"epoch {epoch}".encode() * 100)
+    atomic_write(model_dir / "imgcls-model.json", lambda tmp: tmp.write_text(f'{{"v": {epoch}}}'))
+    return path
+
+
+@pytest.mark.parametrize("exported", [False, True], ids=["weights-saved", "weights-exported"])
 @pytest.mark.parametrize("background", [False, True], ids=["flushed-in-place", "background"])
 def test_a_kill_at_any_step_of_a_save_leaves_the_old_state_or_the_new_one_whole(
-    tmp_path, monkeypatch, background
+    tmp_path, monkeypatch, background, exported
 ):
+    """`exported`: each epoch's weights come from the model file exported from the network
+    (resume.py); the best-model policy then removes the earlier epoch's file from model/."""
     # A killed process loses nothing the kernel holds: flushing to the disk only matters when
     # the machine goes down, which cannot be tested here; skip it to keep the test quick.
     monkeypatch.setattr(os, "fsync", lambda fd: None)
@@ -110,24 +131,28 @@ def test_a_kill_at_any_step_of_a_save_leaves_the_old_state_or_the_new_one_whole(
     base = tmp_path / "base"
     model_dir = base / "model"
     model_dir.mkdir(parents=True)
-    (model_dir / "image-classification-0001.params").write_bytes(b"epoch 1" * 100)
-    (model_dir / "imgcls-model.json").write_text('{"version": 1}')
+    first = _epoch_files(model_dir, net, 1, exported)
     (model_dir / "model-shapes.json").write_text("[]")
-    ResumeState(base / "checkpoints", model_dir, FINGERPRINT).save(net, trainer, {"next_epoch": 1})
+    ResumeState(base / "checkpoints", model_dir, FINGERPRINT).save(
+        net, trainer, {"next_epoch": 1}, exported=first if exported else None
+    )
     expected = {1: (_weights(net), _momentum(trainer), _files(model_dir))}
     # Epoch 2: new weights and momentum; model/ loses a file, gains one, replaces one.
     _train_step(net, trainer, 2)
-    (model_dir / "image-classification-0001.params").unlink()
-    (model_dir / "image-classification-0002.params").write_bytes(b"epoch 2" * 100)
-    atomic_write(model_dir / "imgcls-model.json", lambda tmp: tmp.write_text('{"version": 2}'))
+    second = _epoch_files(model_dir, net, 2, exported)
+    first.unlink()
     expected[2] = (_weights(net), _momentum(trainer), _files(model_dir))
     assert any(not np.array_equal(a, expected[2][0][n]) for n, a in expected[1][0].items())
+    # A state holds a weights file of its own only when there is no export to read them from.
+    state = next((base / "checkpoints").glob("state-*"))
+    assert (state / "imgcls-resume.params").exists() != exported
 
     def run(k: int | None) -> tuple[Path, Path, int | None]:
         case = tmp_path / f"kill-{k}"
         shutil.copytree(base, case)
         resume = ResumeState(case / "checkpoints", case / "model", FINGERPRINT)
-        return case, _save_in_child(resume, net, trainer, {"next_epoch": 2}, k, background)
+        done = case / "model" / second.name if exported else None
+        return case, _save_in_child(resume, net, trainer, {"next_epoch": 2}, k, background, done)
 
     steps = run(None)[1]
     fresh_net = _net_and_trainer(seed=5)[0]
@@ -292,3 +317,25 @@ def test_another_jobs_state_is_refused(tmp_path):
     other = ResumeState(tmp_path / "c", tmp_path / "m", {**FINGERPRINT, "num_classes": 5})
     with pytest.raises(ClientError, match="num_classes: checkpoint 4, this job 5"):
         other.load(net, trainer, [mx.cpu()])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_exported_weights_load_back_bit_for_bit_in_the_networks_own_precision(tmp_path, dtype):
+    """What a resume reads from an export: every parameter (BatchNorm's statistics too), in the
+    network's precision, equal to the network's own before the export."""
+    net, trainer = _net_and_trainer()
+    _train_step(net, trainer, 1)
+    if dtype == "float16":
+        net.cast("float16")
+    exported = export_model(net, tmp_path / "model", 1, SHAPE, False, FINGERPRINT)
+    original = _weights(net)
+    fresh = _net_and_trainer(seed=7)[0]
+    if dtype == "float16":
+        fresh.cast("float16")
+    load_exported_weights(fresh, exported, [mx.cpu()])
+    loaded = _weights(fresh)
+    assert loaded.keys() == original.keys()
+    assert any(array.dtype == np.dtype(dtype) for array in original.values())
+    for name, array in original.items():  # a float16 net keeps BatchNorm's in float32
+        assert loaded[name].dtype == array.dtype, name
+        np.testing.assert_array_equal(loaded[name], array, err_msg=name)

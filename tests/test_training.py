@@ -235,6 +235,64 @@ def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(ma
         assert (job.model_dir / name).read_bytes() == (straight.model_dir / name).read_bytes()
 
 
+KILLED_IN_EPOCH_2 = """\
+import os, signal
+if os.environ.get("IMGCLS_SUPERVISED"):
+    from imgcls.training import loop
+
+    train_one_epoch = loop.train_one_epoch
+
+    def killed_in_epoch_2(epoch, *args, **kwargs):
+        if epoch == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return train_one_epoch(epoch, *args, **kwargs)
+
+    loop.train_one_epoch = killed_in_epoch_2
+"""
+
+
+def test_a_sigkilled_job_resumes_from_the_exported_weights_to_the_straight_runs_model(
+    make_job, tmp_path, monkeypatch
+) -> None:
+    """An epoch whose model was exported keeps its resume weights in the snapshot of that
+    export (resume.py), not in a file of its own. A job SIGKILLed in epoch 2, resumed on a new
+    host (model/ emptied, as SageMaker does not restore it), must end with the straight run's
+    model files, byte for byte, and log the same figures."""
+    settings = {"epochs": "4", "mini_batch_size": "32", "checkpoint_frequency": "1"}
+    job = tiny_job(make_job, train=128, validation=32, **settings)
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "sitecustomize.py").write_text(KILLED_IN_EPOCH_2)
+    with monkeypatch.context() as patched:
+        patched.setenv("PYTHONPATH", f"{patches}:{__import__('os').environ.get('PYTHONPATH', '')}")
+        killed = job.train()
+    assert killed.returncode != 0 and "SIGKILL" in job.failure, killed.stdout + killed.stderr
+    checkpoints = job.base / "checkpoints"
+    pointer = json.loads((checkpoints / "imgcls-resume.json").read_text())
+    state = json.loads((checkpoints / pointer["state"] / "state.json").read_text())
+    resumed_at = state["progress"]["next_epoch"]
+    assert resumed_at in (1, 2)
+    assert state["weights"] == f"model/image-classification-{resumed_at:04d}.params"
+    assert not (checkpoints / pointer["state"] / "imgcls-resume.params").exists()
+    for path in job.model_dir.iterdir():
+        path.unlink()
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Resuming from" in result.stdout
+    straight = tiny_job(make_job, "straight", train=128, validation=32, **settings)
+    straight_run = straight.train()
+    assert straight_run.returncode == 0, straight_run.stdout
+    figures = re.compile(r"Epoch\[\d+\] (?:Train|Validation)-accuracy=[0-9.]+")
+    logged = figures.findall(killed.stdout)[: 2 * resumed_at] + figures.findall(result.stdout)
+    assert logged == figures.findall(straight_run.stdout)
+    kept = sorted(p.name for p in straight.model_dir.iterdir())
+    assert sorted(p.name for p in job.model_dir.iterdir()) == kept
+    # The symbol file names its constants' initialisers by object address, which differs
+    # between any two runs; the weights and the other files must be the same bytes.
+    for name in (n for n in kept if not n.endswith("-symbol.json")):
+        assert (job.model_dir / name).read_bytes() == (straight.model_dir / name).read_bytes()
+
+
 def test_a_job_that_fails_after_an_epoch_leaves_that_epochs_state_whole(
     make_job, monkeypatch
 ) -> None:

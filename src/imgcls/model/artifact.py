@@ -316,6 +316,19 @@ def _check_matches(stored: dict, expected: dict, where: Path) -> None:
         )
 
 
+def load_exported_weights(net: gluon.HybridBlock, params: Path, ctx: list[mx.Context]) -> None:
+    """Set `net`'s parameters, on `ctx` and in their own precision, from a params file that
+    `export_model` wrote from a network of the same structure (float32: casting back is exact)."""
+    net.collect_params().load_dict(
+        load_arrays(params),
+        ctx,
+        allow_missing=False,
+        ignore_extra=False,
+        cast_dtype=True,
+        dtype_source="current",
+    )
+
+
 def training_network(
     model_dir_or_tar: Path, expected: dict, ctx: list[mx.Context]
 ) -> gluon.HybridBlock:

@@ -22,25 +22,30 @@ class ModelCheckpoints:
     best_epoch: int = 0
     last_epoch: int = 0
 
-    def on_epoch_end(self, epoch: int, accuracy: float | None, is_last: bool) -> None:
-        """`epoch` is 1-based, as in the file names."""
+    def on_epoch_end(self, epoch: int, accuracy: float | None, is_last: bool) -> Path | None:
+        """`epoch` is 1-based, as in the file names; the params file written for it, if any."""
         periodic = bool(self.frequency) and epoch % self.frequency == 0
+        written = None
         if accuracy is not None:
             if accuracy > self.best_accuracy:
                 logger.info("Storing the best model with validation accuracy: %f", accuracy)
-                self._save(epoch)
+                written = self._save(epoch)
                 self._drop(self.best_epoch)
                 self.best_accuracy, self.best_epoch = accuracy, epoch
             elif periodic:
-                self._save(epoch)
+                written = self._save(epoch)
         elif periodic or is_last:
-            self._save(epoch)
+            written = self._save(epoch)
             self._drop(self.last_epoch)
             self.last_epoch = epoch
+        return written
 
-    def _save(self, epoch: int) -> None:
-        if self.enabled:
-            logger.info('Saved checkpoint to "%s"', self.export(epoch))
+    def _save(self, epoch: int) -> Path | None:
+        if not self.enabled:
+            return None
+        path = self.export(epoch)
+        logger.info('Saved checkpoint to "%s"', path)
+        return path
 
     def _drop(self, epoch: int) -> None:
         """Remove an earlier file unless the periodic policy keeps it."""

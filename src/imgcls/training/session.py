@@ -204,7 +204,7 @@ def train(
         done = epoch + 1
         stop = bool(early and accuracy is not None and early.should_stop(done, accuracy))
         finished = stop or done == hp.epochs
-        checkpoints.on_epoch_end(done, accuracy, is_last=finished)
+        exported = checkpoints.on_epoch_end(done, accuracy, is_last=finished)
         if stop:
             logger.info(
                 "Early stopping after epoch %d: no improvement for %d epochs.",
@@ -220,6 +220,7 @@ def train(
             progress(next_epoch),
             with_optimizer=not finished,
             background=True,
+            exported=exported,
         )
         return stop
 
