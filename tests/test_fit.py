@@ -192,3 +192,32 @@ def test_a_batch_smaller_than_the_devices_is_predicted_on_the_first_ones() -> No
         mine.set_data(theirs.data(mx.cpu(0)))
     expected = one.net(data.astype("float32")).asnumpy()  # the one-device network itself
     np.testing.assert_allclose(outputs[0].asnumpy(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_inference_runs_in_calls_of_bounded_pixels_with_the_training_graphs_outputs(
+    monkeypatch,
+) -> None:
+    """`predict` cuts each device's slice into calls of at most INFERENCE_PIXELS pixels; the
+    outputs, put back in order, are the training graph's for the whole batch."""
+    from imgcls.training import loop
+
+    assert [loop.inference_images(s) for s in [(224, 224), (112, 112), (32, 32)]] == [16, 64, 784]
+    assert loop.inference_images((4000, 4000)) == 1
+    monkeypatch.setattr(loop, "INFERENCE_PIXELS", 3 * 16 * 16)
+    calls = []
+    infer = Learner._infer
+
+    def recorded(self, x):
+        calls.append((x.context, x.shape[0]))
+        return infer(self, x)
+
+    monkeypatch.setattr(Learner, "_infer", recorded)
+    rng = np.random.default_rng(5)
+    data = mx.nd.array(rng.integers(0, 256, (10, 3, 16, 16)), dtype="uint8")
+    learner = resnet_learner([mx.cpu(0), mx.cpu(1)])
+    train_step(learner, data, mx.nd.array(rng.integers(0, 3, 10)))
+    outputs = learner.predict(data)
+    assert calls == [(mx.cpu(0), 3), (mx.cpu(0), 2), (mx.cpu(1), 3), (mx.cpu(1), 2)]
+    reference = learner.forward(data)  # the training graph, five images a device
+    for predicted, expected in zip(outputs, reference, strict=True):
+        np.testing.assert_allclose(predicted.asnumpy(), expected.asnumpy(), rtol=1e-4, atol=1e-5)
