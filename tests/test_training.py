@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -235,6 +236,17 @@ def test_sigterm_saves_a_resumable_state_and_the_next_run_finishes_the_epochs(ma
         assert (job.model_dir / name).read_bytes() == (straight.model_dir / name).read_bytes()
 
 
+def train_patched(job: Job, tmp_path: Path, monkeypatch, sitecustomize: str):
+    """`job.train()` with `sitecustomize` on PYTHONPATH: a real scripts/train (the fork server
+    does not take a job whose PYTHONPATH differs), whose processes each run it as they start."""
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "sitecustomize.py").write_text(sitecustomize)
+    with monkeypatch.context() as patched:
+        patched.setenv("PYTHONPATH", f"{patches}:{os.environ.get('PYTHONPATH', '')}")
+        return job.train()
+
+
 KILLED_IN_EPOCH_2 = """\
 import os, signal
 if os.environ.get("IMGCLS_SUPERVISED"):
@@ -260,12 +272,7 @@ def test_a_sigkilled_job_resumes_from_the_exported_weights_to_the_straight_runs_
     model files, byte for byte, and log the same figures."""
     settings = {"epochs": "4", "mini_batch_size": "32", "checkpoint_frequency": "1"}
     job = tiny_job(make_job, train=128, validation=32, **settings)
-    patches = tmp_path / "patches"
-    patches.mkdir()
-    (patches / "sitecustomize.py").write_text(KILLED_IN_EPOCH_2)
-    with monkeypatch.context() as patched:
-        patched.setenv("PYTHONPATH", f"{patches}:{__import__('os').environ.get('PYTHONPATH', '')}")
-        killed = job.train()
+    killed = train_patched(job, tmp_path, monkeypatch, KILLED_IN_EPOCH_2)
     assert killed.returncode != 0 and "SIGKILL" in job.failure, killed.stdout + killed.stderr
     checkpoints = job.base / "checkpoints"
     pointer = json.loads((checkpoints / "imgcls-resume.json").read_text())
@@ -485,12 +492,7 @@ def test_a_job_killed_after_its_last_epoch_resumes_without_training_again(
     SageMaker), trains no epoch again and packs the same model."""
     stopping = {"early_stopping_min_epochs": "1", "early_stopping_patience": "1"}
     job = tiny_job(make_job, validation=32, **settings, **stopping)
-    patches = tmp_path / "patches"
-    patches.mkdir()
-    (patches / "sitecustomize.py").write_text(KILLED_BEFORE_CLEAR)
-    with monkeypatch.context() as patched:
-        patched.setenv("PYTHONPATH", f"{patches}:{__import__('os').environ.get('PYTHONPATH', '')}")
-        killed = job.train()
+    killed = train_patched(job, tmp_path, monkeypatch, KILLED_BEFORE_CLEAR)
     assert killed.returncode != 0 and "SIGKILL" in job.failure, killed.stdout + killed.stderr
     epochs_run = len(TRAIN_ACCURACY.findall(killed.stdout))
     assert epochs_run == 2 if settings["epochs"] == "2" else 2 <= epochs_run < 9
