@@ -208,7 +208,7 @@ class MeanBrightness:
     """A stand-in learner: class 1 when the image is bright, else class 0."""
 
     def predict(self, data: mx.nd.NDArray) -> list[mx.nd.NDArray]:
-        bright = data.mean(axis=(1, 2, 3)) > 127
+        bright = data.astype("float32").mean(axis=(1, 2, 3)) > 127
         return [mx.nd.stack(1 - bright, bright, axis=1)]
 
 
@@ -248,6 +248,38 @@ def test_kept_inputs_are_decoded_once_and_score_as_a_fresh_decode(tmp_path, monk
         check.evaluate(MeanBrightness(), metric)
         assert (metric.sum_metric, metric.num_inst) == (expected, 9)
     assert len(reads) == 1
+
+
+def opencv_squash(data: bytes, height: int, width: int) -> np.ndarray:
+    """The contract's inference preprocessing, written out with OpenCV: C x H x W uint8."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_LINEAR).transpose(2, 0, 1)
+
+
+def test_kept_inputs_are_the_squashed_pixels_as_uint8_in_record_order(tmp_path: Path) -> None:
+    data, labels = stripe_channel(tmp_path / "v.rec", 9, seed=8)
+    check = EndpointCheck([tmp_path / "v.rec"], SHAPE, 3, False, 4, keep_inputs=True)
+    check.evaluate(MeanBrightness(), check.metric())
+    assert [len(pixels) for pixels, _ in check.kept] == [4, 4, 1]
+    assert all(pixels.dtype == np.uint8 for pixels, _ in check.kept)
+    kept = np.concatenate([pixels for pixels, _ in check.kept])
+    expected = np.stack([opencv_squash(image, *SHAPE[1:]) for image in data])
+    np.testing.assert_array_equal(kept, expected)
+    assert np.concatenate([rows[:, 0] for _, rows in check.kept]).tolist() == labels
+
+
+def test_the_memory_bound_counts_the_kept_inputs_as_uint8(tmp_path: Path, monkeypatch) -> None:
+    rec = write_images(tmp_path / "v.rec", [np.zeros((20, 30, 3), np.uint8)] * 3, [0, 1, 0])
+    hp = parse_hyperparameters(
+        {"num_classes": "2", "num_training_samples": "3", "image_shape": "3,16,16"}
+    )
+    stats = RecordStats(files=[rec], count=3)
+    data = ChannelData("validation", tmp_path, [rec], stats)
+    uint8_bytes = 3 * 3 * 16 * 16
+    for memory, kept in ((4 * uint8_bytes, True), (4 * uint8_bytes - 1, False)):
+        monkeypatch.setattr(endpoint, "total_memory", lambda memory=memory: memory)
+        assert endpoint_check(hp, data, None, (1, 0)).keep_inputs is kept
 
 
 def test_the_endpoint_check_keeps_a_small_channels_inputs(tmp_path: Path) -> None:

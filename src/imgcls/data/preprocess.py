@@ -9,7 +9,9 @@ validation does: the shorter side resized, then a centre crop.
 
 from __future__ import annotations
 
+import functools
 import io
+from concurrent.futures import ThreadPoolExecutor
 
 import cv2
 import numpy as np
@@ -18,6 +20,7 @@ from PIL import Image
 from imgcls.data.augmentation import validation_augmenter_args
 from imgcls.data.pipe.image_aug_default import augment_image
 from imgcls.errors import ClientError
+from imgcls.system import cpu_count
 
 MAX_PIXELS = 64_000_000
 # Pillow's names of the formats whose header Pillow reads and whose pixels OpenCV decodes.
@@ -147,9 +150,20 @@ def resize_exact(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return resized.reshape(height, width, image.shape[2])
 
 
+def to_network_pixels(images: list[np.ndarray]) -> np.ndarray:
+    """HxWxC uint8 images -> one contiguous NCHW uint8 batch."""
+    return np.ascontiguousarray(np.stack(images).transpose(0, 3, 1, 2))
+
+
 def to_network_input(images: list[np.ndarray]) -> np.ndarray:
     """HxWxC uint8 images -> one NCHW float32 batch of raw 0-255 pixels."""
     return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32)
+
+
+@functools.cache
+def decode_pool() -> ThreadPoolExecutor:
+    """One thread per core for decoding and resizing: OpenCV releases the GIL while it works."""
+    return ThreadPoolExecutor(cpu_count(), thread_name_prefix="imgcls-decode")
 
 
 def resize_and_crop(
@@ -175,10 +189,20 @@ def prepare(
     where: str = "the image",
     shorter_side: int | None = None,
 ) -> np.ndarray:
-    """Bytes -> 1xCxHxW float32: squashed to image_shape, as the contract's inference
+    """Bytes -> 1xCxHxW float32: `network_pixels` as a batch of one."""
+    return to_network_input([network_pixels(data, image_shape, where, shorter_side)])
+
+
+def network_pixels(
+    data: bytes,
+    image_shape: tuple[int, int, int],
+    where: str = "the image",
+    shorter_side: int | None = None,
+) -> np.ndarray:
+    """Bytes -> HxWxC uint8: squashed to image_shape, as the contract's inference
     preprocessing says, or with `shorter_side` resized and centre-cropped (crop)."""
     channels, height, width = image_shape
     image = decode_image(data, channels, where)
     if shorter_side is None:
-        return to_network_input([resize_exact(image, height, width)])
-    return to_network_input([resize_and_crop(image, shorter_side, height, width, where)])
+        return resize_exact(image, height, width)
+    return resize_and_crop(image, shorter_side, height, width, where)

@@ -3,8 +3,8 @@
 Validation (ImageRecordIter) resizes the shorter side and centre-crops; the served model squashes
 the whole image to image_shape (the contract) unless inference_preprocessing=crop. When the two
 differ, the accuracy training logs is not the endpoint's: after each validation pass this module
-scores the raw bytes of the validation records through data/preprocess.py's `prepare`, the
-server's own function, and logs `Epoch[N] Validation-endpoint_accuracy=...`.
+scores the raw bytes of the validation records through data/preprocess.py's `network_pixels`,
+the server's own preprocessing, and logs `Epoch[N] Validation-endpoint_accuracy=...`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from imgcls.config.hyperparameters import Hyperparameters
 from imgcls.data.in_memory import fits_in_memory, total_memory
 from imgcls.data.labels import label_row
 from imgcls.data.loaders import ChannelData
-from imgcls.data.preprocess import crop_shorter_side, image_size, prepare
+from imgcls.data.preprocess import (
+    crop_shorter_side,
+    decode_pool,
+    image_size,
+    network_pixels,
+    to_network_pixels,
+)
 from imgcls.data.recordio import part_count
 from imgcls.log import logger
 from imgcls.training.loop import Learner
@@ -70,19 +76,28 @@ class EndpointCheck:
         return kind(name=METRIC_NAME)
 
     def _batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(pixels, labels) of this part's records, `batch_size` at a time."""
-        pixels, labels = [], []
+        """(uint8 pixels N x C x H x W, labels) of this part's records, `batch_size` at a time;
+        a batch's images are decoded and resized on every core (decode_pool)."""
+        chunk: list[tuple[str, bytes]] = []
+        labels = []
         for index, (header, image) in enumerate(records(self.files)):
             if index % self.num_parts != self.part_index:
                 continue
             where = f"validation record {index} (id {int(header.id)})"
-            pixels.append(prepare(image, self.image_shape, where, self.shorter_side)[0])
+            chunk.append((where, image))
             labels.append(label_row(header.label, where, self.num_classes, self.multi_label))
-            if len(pixels) == self.batch_size:
-                yield np.stack(pixels), np.stack(labels)
-                pixels, labels = [], []
-        if pixels:
-            yield np.stack(pixels), np.stack(labels)
+            if len(chunk) == self.batch_size:
+                yield self._pixels(chunk), np.stack(labels)
+                chunk, labels = [], []
+        if chunk:
+            yield self._pixels(chunk), np.stack(labels)
+
+    def _pixels(self, chunk: list[tuple[str, bytes]]) -> np.ndarray:
+        def served(item: tuple[str, bytes]) -> np.ndarray:
+            where, image = item
+            return network_pixels(image, self.image_shape, where, self.shorter_side)
+
+        return to_network_pixels(list(decode_pool().map(served, chunk)))
 
     def _inputs(self) -> Iterable[tuple[np.ndarray, np.ndarray]]:
         """The served inputs, decoded once and kept when `keep_inputs`, else each time."""
@@ -96,7 +111,7 @@ class EndpointCheck:
         """Update `metric` with the network's predictions on the served inputs."""
         metric.reset()
         for pixels, labels in self._inputs():
-            outputs = learner.predict(mx.nd.array(pixels))
+            outputs = learner.predict(mx.nd.array(pixels, dtype=np.uint8))
             prediction = mx.nd.concat(*[o.as_in_context(mx.cpu()) for o in outputs], dim=0)
             label = labels if self.multi_label else labels[:, 0]
             metric.update([mx.nd.array(label)], [prediction])
@@ -167,7 +182,8 @@ def endpoint_check(
     """The check when validation's images differ from what the endpoint feeds the network:
     any resize, or any image not already image_shape. Pipe mode streams the validation images
     once per pass, so there are no records to read again: skipped, as the log says. The served
-    inputs are decoded once and kept when they fit data/in_memory.py's memory bound."""
+    inputs (uint8, as the network takes them) are decoded once and kept when they fit
+    data/in_memory.py's memory bound."""
     if validation is None:
         return None
     if validation.is_pipe:
@@ -175,7 +191,7 @@ def endpoint_check(
         return None
     if hp.resize is None and all_of_shape(validation.files, hp.height, hp.width):
         return None
-    float32_bytes = 4 * part_count(validation.count, *parts)
+    count = part_count(validation.count, *parts)
     return EndpointCheck(
         validation.files,
         hp.image_shape,
@@ -184,5 +200,5 @@ def endpoint_check(
         hp.mini_batch_size,
         shorter_side,
         *parts,
-        keep_inputs=fits_in_memory(float32_bytes, hp.image_shape, total_memory()),
+        keep_inputs=fits_in_memory(count, hp.image_shape, total_memory()),
     )

@@ -12,12 +12,10 @@ before streaming them (im2rec.py does by default), or use File mode.
 
 from __future__ import annotations
 
-import functools
 import queue
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +27,9 @@ from imgcls.data.labels import log_positive_weights
 from imgcls.data.pipe.examples import Example
 from imgcls.data.pipe.fifo import PipeSource
 from imgcls.data.pipe.image_aug_default import augment_image
-from imgcls.data.preprocess import ImageTooLarge, decode_image, to_network_input
+from imgcls.data.preprocess import ImageTooLarge, decode_image, decode_pool, to_network_input
 from imgcls.errors import ClientError
 from imgcls.log import logger
-from imgcls.system import cpu_count
 
 SHUFFLE_BUFFER = 512
 PREFETCH_BATCHES = 2
@@ -45,11 +42,6 @@ class _End:
 
     count: int
     seconds: float
-
-
-@functools.cache
-def _decode_pool() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(cpu_count(), thread_name_prefix="imgcls-decode")
 
 
 class PipeBatches(mx.io.DataIter):
@@ -229,7 +221,7 @@ class _EpochStream:
 
     def _batch(self, chunk: list[Example]) -> tuple[np.ndarray, np.ndarray, int]:
         seeds = self.rng.integers(2**32, size=len(chunk))
-        images = list(_decode_pool().map(self.batches.transform, chunk, seeds))
+        images = list(decode_pool().map(self.batches.transform, chunk, seeds))
         size = self.batches.batch_size
         rows = [i % len(chunk) for i in range(size)]
         labels = np.stack([chunk[i].label for i in rows])
