@@ -186,14 +186,17 @@ def run_case(case: Case, rounds: int, epochs: int, folder: Path, env: dict[str, 
 
 def _row(title: str, figures: dict[str, list[float]], best_bare: str, note: str) -> str:
     """One line: each form's median [min–max], the ratio to the faster bare loop on MXNet's
-    default engine (with its per-round pairs), and the ratio to the naive-engine bare loop."""
+    default engine (with the median and range of its per-round pairs, the two jobs run one after
+    the other: the figure that a machine whose speed drifts between rounds moves least), and the
+    ratio to the naive-engine bare loop."""
     imgcls = figures["imgcls"]
     pairs = [a / b for a, b in zip(imgcls, figures[best_bare], strict=True)]
     ratio = statistics.median(imgcls) / statistics.median(figures[best_bare])
     naive = statistics.median(imgcls) / statistics.median(figures["bare naive"])
     cells = "  ".join(summary(figures[form]) for form in FORMS)
     return (
-        f"{title:<9}{cells}  {ratio:5.2f}x (pairs {min(pairs):.2f}–{max(pairs):.2f}, vs "
+        f"{title:<9}{cells}  {ratio:5.2f}x (pairs: median {statistics.median(pairs):.2f}, "
+        f"{min(pairs):.2f}–{max(pairs):.2f}, vs "
         f"{best_bare}); {naive:4.2f}x vs bare naive{note}"
     )
 
