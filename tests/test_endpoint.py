@@ -23,6 +23,7 @@ from imgcls.data.augmentation import validation_augmenter_args
 from imgcls.data.loaders import ChannelData
 from imgcls.data.preprocess import prepare
 from imgcls.data.recordio import RecordStats
+from imgcls.errors import ClientError
 from imgcls.model.artifact import METADATA_FILE
 from imgcls.serving.predictor import load_predictor
 from imgcls.training import endpoint
@@ -267,6 +268,20 @@ def test_kept_inputs_are_the_squashed_pixels_as_uint8_in_record_order(tmp_path: 
     expected = np.stack([opencv_squash(image, *SHAPE[1:]) for image in data])
     np.testing.assert_array_equal(kept, expected)
     assert np.concatenate([rows[:, 0] for _, rows in check.kept]).tolist() == labels
+
+
+def test_a_record_that_does_not_decode_fails_the_pass_with_its_place(tmp_path: Path) -> None:
+    """Decoded on the pool's threads, a bad record still fails the pass with a ClientError that
+    names it, as the one-at-a-time decode did."""
+    rec = tmp_path / "v.rec"
+    writer = mx.recordio.MXRecordIO(str(rec), "w")
+    for index in range(6):
+        image = b"not an image" if index == 2 else png(np.zeros((20, 30, 3), np.uint8))
+        writer.write(mx.recordio.pack(mx.recordio.IRHeader(0, 0.0, index, 0), image))
+    writer.close()
+    check = EndpointCheck([rec], (3, 16, 16), 2, False, 4)
+    with pytest.raises(ClientError, match=r"validation record 2 \(id 2\).*JPEG or PNG"):
+        check.evaluate(MeanBrightness(), check.metric())
 
 
 def test_the_memory_bound_counts_the_kept_inputs_as_uint8(tmp_path: Path, monkeypatch) -> None:

@@ -157,7 +157,7 @@ def to_network_pixels(images: list[np.ndarray]) -> np.ndarray:
 
 def to_network_input(images: list[np.ndarray]) -> np.ndarray:
     """HxWxC uint8 images -> one NCHW float32 batch of raw 0-255 pixels."""
-    return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32)
+    return to_network_pixels(images).astype(np.float32)
 
 
 @functools.cache
