@@ -82,8 +82,17 @@ COPY scripts/train scripts/serve /opt/imgcls/bin/
 COPY src/ /opt/imgcls/src/
 ENV PATH=/opt/imgcls/bin:/opt/venv/bin:$PATH \
     IMGCLS_PRETRAINED_DIR=/opt/imgcls/pretrained \
+    IMGCLS_CACHE_DIR=/opt/imgcls/cache \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
+# Bytecode for everything a job imports: uv installs none and PYTHONDONTWRITEBYTECODE keeps
+# Python from writing it, so without this every process compiled MXNet, NumPy and the rest from
+# source (import mxnet, cv2, numpy: 6.8-7.7 s against 2.3-2.9 s on a 2-core machine). Then
+# MXNet's operator cache (imgcls/mxnet_import.py), which the GPU variant writes on first use
+# instead where libmxnet.so cannot load without a GPU driver at build time.
+RUN python -m compileall -q -j 0 /opt/venv /opt/imgcls/src "$(python -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')"; \
+    python -c 'from imgcls.mxnet_import import import_mxnet; import_mxnet()' \
+      || echo "MXNet does not load here: its operator cache is written on first use"
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 EXPOSE 8080
 WORKDIR /opt/ml

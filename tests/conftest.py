@@ -6,16 +6,22 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from imgcls.mxnet_import import CACHE_DIR_ENV
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = ROOT / "scripts"
 
 os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+# MXNet's operator cache (imgcls/mxnet_import.py) for the session's processes, not in ~/.cache.
+OPERATOR_CACHE = tempfile.TemporaryDirectory(prefix="imgcls-operators-")
+os.environ[CACHE_DIR_ENV] = OPERATOR_CACHE.name
 
 from process_support import run_train  # noqa: E402  (after the line above: it keeps os.environ)
 

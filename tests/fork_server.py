@@ -34,7 +34,7 @@ SOURCE = Path(__file__).resolve().parent.parent / "src"
 def preload() -> None:
     """What a training job's process imports, imported once."""
     sys.path.insert(0, str(SOURCE))
-    from imgcls.system import import_mxnet
+    from imgcls.mxnet_import import import_mxnet
 
     import_mxnet()
     import imgcls.cli

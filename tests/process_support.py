@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2  # noqa: F401  (see SESSION_ENV)
 
 from imgcls.config.environment import Paths
-from imgcls.system import import_mxnet
+from imgcls.mxnet_import import import_mxnet
 from imgcls.training.supervisor import SINGLE_HOST_CPU_ENV, SUPERVISED_ENV, child_engine
 
 SERVER = Path(__file__).resolve().parent / "fork_server.py"

@@ -153,34 +153,3 @@ def test_gpu_devices_are_the_numbered_nvidia_device_files(tmp_path) -> None:
     assert not has_gpu_devices(tmp_path)
     (tmp_path / "nvidia0").touch()
     assert has_gpu_devices(tmp_path)
-
-
-IMPORT_PROBE = """
-import gc, sys
-from imgcls.system import import_mxnet
-gc.disable() if sys.argv[1] == "off" else None
-before = gc.get_freeze_count()
-import_mxnet()
-frozen = gc.get_freeze_count()
-import_mxnet()
-again = gc.get_freeze_count() - frozen
-print(f"{'mxnet' in sys.modules} {gc.isenabled()} {frozen - before} {again}")
-"""
-
-
-@pytest.mark.parametrize("collector", ["on", "off"])
-def test_mxnet_is_imported_once_its_objects_frozen_and_the_collector_left_as_it_was(
-    collector,
-) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", IMPORT_PROBE, collector],
-        env=child_env({}),
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    imported, enabled, frozen, frozen_again = done.stdout.split()
-    assert imported == "True" and enabled == str(collector == "on")
-    # MXNet's operator functions and the rest of its import: far more than a few objects.
-    assert int(frozen) > 100_000, frozen
-    assert frozen_again == "0"  # a second call imports nothing and freezes nothing

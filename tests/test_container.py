@@ -20,6 +20,8 @@ from conftest import ROOT, TINY_HYPERPARAMETERS, Job, balanced_labels
 
 from imgcls.config.environment import DEFAULT_PRETRAINED_DIR
 from imgcls.model import pretrained
+from imgcls.mxnet_import import CACHE_DIR_ENV
+from imgcls.system import child_env
 
 DOCKERFILE = ROOT / "Dockerfile"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -169,3 +171,26 @@ def test_train_and_serve_run_by_name_from_any_directory(tmp_path) -> None:
     assert list(cache.glob("cli.*.pyc")), "train did not import the copied src/"
     serve = subprocess.run(["serve", "--help"], cwd=elsewhere, env=env, capture_output=True)
     assert serve.returncode == 0, serve.stderr
+
+
+def test_the_image_carries_bytecode_and_a_warm_operator_cache(tmp_path) -> None:
+    """Every process of the image imports from bytecode (uv installs none, and the image does
+    not let Python write it) and reads MXNet's operator cache that the build made."""
+    env = _env("runtime")
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"
+    cache = env["IMGCLS_CACHE_DIR"]
+    assert cache.startswith("/opt/imgcls/")
+    instructions = _stages()["runtime"]
+    last_copy = max(i for i, (name, _) in enumerate(instructions) if name == "COPY")
+    (run,) = (
+        args for i, (name, args) in enumerate(instructions) if name == "RUN" and i > last_copy
+    )
+    compile_line, warm_line = re.split(r";\s*\n", run, maxsplit=1)
+    assert "python -m compileall" in compile_line
+    for folder in ("/opt/venv", "/opt/imgcls/src", 'get_path("stdlib")'):
+        assert folder in compile_line
+    warm = re.search(r"python -c '([^']+)'", warm_line).group(1)
+    subprocess.run(
+        [sys.executable, "-c", warm], env=child_env({CACHE_DIR_ENV: str(tmp_path)}), check=True
+    )
+    assert [p.name.startswith("mxnet-operators-") for p in tmp_path.iterdir()] == [True]

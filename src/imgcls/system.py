@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import atexit
 import ctypes
-import gc
 import os
 import signal
 import sys
@@ -21,25 +20,6 @@ SOURCE_ROOT = Path(__file__).resolve().parent.parent
 def cpu_count() -> int:
     """Cores this process may run on (its affinity mask, not the machine's total)."""
     return len(os.sched_getaffinity(0))
-
-
-def import_mxnet() -> None:
-    """Import MXNet (once) with the cyclic garbage collector paused, then freeze what it made.
-
-    MXNet's import builds a function for every operator: hundreds of thousands of objects that
-    live as long as the process. The collections they set off took 0.35 s of a 3.4 s import on
-    this 2-core machine (medians of 5); frozen (gc.freeze), later collections skip them.
-    """
-    if "mxnet" in sys.modules:
-        return
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        import mxnet  # noqa: F401
-    finally:
-        gc.freeze()
-        if enabled:
-            gc.enable()
 
 
 def atomic_write(path: Path, write: Callable[[Path], None], mode: int = 0o644) -> None:
