@@ -3,9 +3,9 @@
 Most of the suite's jobs train for about a second; starting each as `scripts/train` costs two
 interpreters and MXNet's import (~3 s, single-threaded) first. This server pays that once: it
 imports what the job's child imports, with the environment the supervising parent gives a
-single-host CPU job (NaiveEngine and one temporary space, the same OpenMP setting), and forks a
-process per request that runs `imgcls train` as that child does (tests/process_support.py
-says which jobs qualify).
+single-host CPU job (NaiveEngine, one temporary space, glibc's huge pages, the same OpenMP
+setting), and forks a process per request that runs `imgcls train` as that child does
+(tests/process_support.py says which jobs qualify).
 A forked job is a process of its own: its own environment, working folder, output files, exit
 status and signals. It is started without the supervising parent, whose behaviour the tests
 that need it check through the real `scripts/train`.

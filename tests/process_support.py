@@ -1,8 +1,8 @@
 """`scripts/train` for the suite: a job forked from tests/fork_server.py when it may be.
 
-A job qualifies when the supervising parent would give its child NaiveEngine and one temporary
-space (one host, no GPU, neither MXNET_ENGINE_TYPE nor MXNET_CPU_TEMP_COPY set;
-training/supervisor.py decides, as for a real job) and the environment that MXNet and OpenMP
+A job qualifies when the supervising parent would give its child all of SINGLE_HOST_CPU_ENV
+(NaiveEngine, one temporary space, glibc's huge pages: one host, no GPU, none of those variables
+set; training/supervisor.py decides, as for a real job) and the environment that MXNet and OpenMP
 read when they load is the one the server loaded them with.
 Any other job, and every test that checks the supervising parent itself (signals, the failure
 file of a killed child, the report it draws), runs the real `scripts/train`.
